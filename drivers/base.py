@@ -1,0 +1,166 @@
+"""The small interfaces every driver implements, and what the controller hands them.
+
+A driver is a class named in the lab file by ``kind`` and ``driver``. It receives its
+settings (plain data from the lab file) and a :class:`DeviceContext` through which it
+reaches the run: the run directory, the emulated network, event emission and process
+tracking (so that ``testbed cleanup`` can find what a killed run left behind).
+"""
+
+from __future__ import annotations
+
+import subprocess
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from drivers.errors import DriverError
+
+EmitFn = Callable[[str, Mapping[str, Any]], None]
+"""``emit(event_type, fields)``: records a typed event in the run's event log."""
+
+
+class NodeAccess(Protocol):
+    """How drivers reach the nodes of the lab (namespaces in the emulated lab)."""
+
+    def node_command(self, node: str, argv: Sequence[str]) -> list[str]:
+        """The argv that runs ``argv`` on ``node``."""
+        ...
+
+    def node_address(self, node: str) -> str:
+        """The node's primary IPv4 address, reachable from every other node."""
+        ...
+
+
+class ProcessTracker(Protocol):
+    def track(self, proc: subprocess.Popen[bytes], role: str) -> None:
+        """Record a started process in the run's state file (for ``testbed cleanup``)."""
+        ...
+
+
+@dataclass
+class DeviceContext:
+    run_dir: Path
+    name_prefix: str
+    emit: EmitFn
+    processes: ProcessTracker
+    nodes: NodeAccess | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Device(ABC):
+    """Base of all drivers.
+
+    ``actions`` names what a profile's timeline may ask of the device; the planner checks
+    timeline events against it before anything is touched.
+    """
+
+    kind: ClassVar[str] = ""
+    actions: ClassVar[frozenset[str]] = frozenset()
+
+    def __init__(self, name: str, settings: Mapping[str, Any], context: DeviceContext) -> None:
+        self.name = name
+        self.settings = dict(settings)
+        self.context = context
+
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect to the device. Raise :class:`DriverError` if it cannot be reached."""
+
+    def perform(self, action: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Carry out a timeline action; returns details for the event log."""
+        raise DriverError(self.name, f"action {action!r} is not supported by this driver")
+
+    def counters(self) -> Mapping[str, Any]:
+        """Device counters stored in the run record at the end of the run."""
+        return {}
+
+    @abstractmethod
+    def safe_state(self) -> None:
+        """Put the device in its safe state. Must never raise; runs on every exit path."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release the connection. Must never raise."""
+
+
+class Network(Device, NodeAccess):
+    """The lab's network: built by the controller (emulated) or already there (real)."""
+
+    kind = "network"
+
+    @abstractmethod
+    def build(self, topology: Mapping[str, Any]) -> None:
+        """Bring the network up from the planned topology (nodes, segments, routes)."""
+
+
+@dataclass(frozen=True)
+class StreamSpec:
+    """A traffic stream resolved by the planner: endpoints, addresses and rates."""
+
+    id: str
+    wire_id: int
+    kind: str
+    from_node: str
+    to_node: str
+    dst_address: str
+    port: int
+    rate_pps: float
+    payload_bytes: int
+    dscp: int
+    start_s: float
+    stop_s: float
+
+
+@dataclass
+class StreamResult:
+    """What arrived of a stream, in arrival order, plus the sender's own count."""
+
+    id: str
+    sent: int
+    seq: Any  # numpy uint32 array
+    tx_ns: Any  # numpy int64 array
+    rx_ns: Any  # numpy int64 array
+    send_errors: int = 0
+    notes: list[str] = field(default_factory=list)
+    sent_window_ns: tuple[int, int] | None = None
+    """The sender's first and last transmit times, so that gaps at the ends count too."""
+
+
+class TrafficSource(Device):
+    kind = "traffic"
+
+    @abstractmethod
+    def start(self, streams: Sequence[StreamSpec], start_at_ns: int, label: str) -> None:
+        """Start every stream; sending begins at ``start_at_ns`` (CLOCK_REALTIME)."""
+
+    @abstractmethod
+    def stop(self) -> list[StreamResult]:
+        """Stop the streams started by :meth:`start` and return what was received."""
+
+
+@dataclass(frozen=True)
+class CaptureSpec:
+    name: str
+    node: str
+    ifname: str
+
+
+@dataclass
+class CaptureResult:
+    name: str
+    path: Path
+    packets: int | None
+    dropped: int | None
+    notes: list[str] = field(default_factory=list)
+
+
+class Capture(Device):
+    kind = "capture"
+
+    @abstractmethod
+    def start(self, points: Sequence[CaptureSpec], out_dir: Path) -> None:
+        """Start capturing at every point into ``out_dir``."""
+
+    @abstractmethod
+    def stop(self) -> list[CaptureResult]:
+        """Stop capturing; report per point what was written and what was dropped."""

@@ -1,0 +1,143 @@
+"""The emulated lab's network: one namespace per node, built from the planned topology.
+
+Timeline actions pull cables: ``link_down``/``link_up`` take one link (both ends) down or
+up, ``isolate``/``restore`` do it for every link of a node.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from drivers.base import Network
+from drivers.errors import DriverError
+from drivers.netns import (
+    BuiltTopology,
+    NetnsError,
+    NodeSpec,
+    PortSpec,
+    RouteSpec,
+    SegmentSpec,
+    TopologySpec,
+    build,
+    destroy,
+    set_link_state,
+    wait_ready,
+)
+
+
+class EmulatedNetwork(Network):
+    actions = frozenset({"link_down", "link_up", "isolate", "restore"})
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._built: BuiltTopology | None = None
+        self._addresses: dict[str, str] = {}
+        self._link_ports: dict[str, list[tuple[str, str]]] = {}
+        self._node_links: dict[str, list[str]] = {}
+        self._down: set[str] = set()
+
+    def namespace(self, node: str) -> str:
+        return f"{self.context.name_prefix}-{node}"
+
+    def build(self, topology: Mapping[str, Any]) -> None:
+        prefix = self.context.name_prefix
+        nodes = tuple(
+            NodeSpec(self.namespace(n["name"]), bool(n.get("forwarding"))) for n in topology["nodes"]
+        )
+        segments = []
+        for seg in topology["segments"]:
+            ports = tuple(
+                PortSpec(self.namespace(p["node"]), p["ifname"], p.get("address"))
+                for p in seg["ports"]
+            )
+            bridged = len(ports) > 2
+            segments.append(
+                SegmentSpec(
+                    name=seg["link"],
+                    ports=ports,
+                    switch_ns=f"{prefix}-sw-{seg['link']}" if bridged else None,
+                    mtu_bytes=int(seg.get("mtu_bytes", 1500)),
+                )
+            )
+            self._link_ports[seg["link"]] = [(p["node"], p["ifname"]) for p in seg["ports"]]
+            for p in seg["ports"]:
+                self._node_links.setdefault(p["node"], []).append(seg["link"])
+        routes = tuple(
+            RouteSpec(self.namespace(r["node"]), r["destination"], r["via"])
+            for r in topology["routes"]
+        )
+        self._addresses = dict(topology["addresses"])
+        spec = TopologySpec(prefix=prefix, nodes=nodes, segments=tuple(segments), routes=routes)
+        # Record the namespaces before building, so a crash half-way is still cleaned up.
+        self.context.emit("network.building", {"namespaces": len(nodes), "segments": len(segments)})
+        self._built = build(spec)
+        ready_s = wait_ready(self._built.namespaces)
+        self.context.emit(
+            "network.built",
+            {
+                "namespaces": len(self._built.namespaces),
+                "build_s": round(self._built.build_s, 4),
+                "ready_s": round(ready_s, 4),
+            },
+        )
+
+    def node_command(self, node: str, argv: Sequence[str]) -> list[str]:
+        return ["ip", "netns", "exec", self.namespace(node), *argv]
+
+    def node_address(self, node: str) -> str:
+        try:
+            return self._addresses[node]
+        except KeyError:
+            raise DriverError(self.name, f"node {node!r} has no address") from None
+
+    def perform(self, action: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        if action in ("link_down", "link_up"):
+            links = [self._link_arg(args)]
+        elif action in ("isolate", "restore"):
+            node = args.get("node")
+            if node not in self._node_links:
+                raise DriverError(self.name, f"{action}: unknown node {node!r}")
+            links = self._node_links[str(node)]
+        else:
+            return super().perform(action, args)
+        up = action in ("link_up", "restore")
+        try:
+            for link in links:
+                for node_name, ifname in self._link_ports[link]:
+                    set_link_state(self.namespace(node_name), ifname, up, self._node_routes(node_name))
+                (self._down.discard if up else self._down.add)(link)
+        except NetnsError as exc:
+            raise DriverError(self.name, f"{action} failed: {exc}") from exc
+        return {"links": links, "state": "up" if up else "down"}
+
+    def _node_routes(self, node: str) -> list[str]:
+        if self._built is None:
+            return []
+        return self._built.restore.get(self.namespace(node), [])
+
+    def _link_arg(self, args: Mapping[str, Any]) -> str:
+        link = args.get("link")
+        if not isinstance(link, str) or link not in self._link_ports:
+            known = ", ".join(sorted(self._link_ports))
+            raise DriverError(self.name, f"unknown link {link!r} (known: {known})")
+        return link
+
+    def safe_state(self) -> None:
+        """Links back up: a fault injected by the timeline never outlives its run."""
+        for link in sorted(self._down):
+            for node_name, ifname in self._link_ports.get(link, []):
+                try:
+                    set_link_state(
+                        self.namespace(node_name), ifname, True, self._node_routes(node_name)
+                    )
+                except NetnsError:
+                    pass
+        self._down.clear()
+
+    def close(self) -> None:
+        try:
+            destroy(self.context.name_prefix + "-")
+        except NetnsError:
+            pass
+        self._built = None

@@ -1,0 +1,106 @@
+"""What the CLI shows while a run goes on, and the verdict table at its end.
+
+On a terminal, one status line is redrawn in place; otherwise (CI logs, pipes) each
+notable event is one plain line, so logs stay readable.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from testbed.runner import events as ev
+
+
+class Progress:
+    def __init__(self, out: TextIO, total_s: float) -> None:
+        self.out = out
+        self.total_s = total_s
+        self.tty = out.isatty()
+        self._measure_t0: float | None = None
+        self._rep = 1
+        self._last = ""
+        self._drawn = False
+
+    def __call__(self, event: ev.Event) -> None:
+        line = self._describe(event)
+        if line is None:
+            return
+        if self.tty:
+            self._last = line
+            self.out.write("\r\x1b[2K" + line)
+            self._drawn = True
+        else:
+            self.out.write(f"[{event.t_s:8.3f}s] {line}\n")
+        self.out.flush()
+
+    def _describe(self, event: ev.Event) -> str | None:
+        if isinstance(event, ev.RunStarted):
+            return f"run {event.run_id}: {event.profile} on {event.lab}"
+        if isinstance(event, ev.PhaseStarted):
+            if event.phase == "measure":
+                self._measure_t0 = time.monotonic()
+                self._rep = event.repetition or 1
+                return f"measuring (repetition {self._rep})"
+            return f"{event.phase}"
+        if isinstance(event, ev.LeaseWaiting):
+            return f"waiting for {event.device}, leased by run {event.holder_run} ({event.holder})"
+        if isinstance(event, ev.DeviceOpened):
+            return f"opened {event.device} ({event.kind}/{event.driver})"
+        if isinstance(event, ev.ActionExecuted):
+            status = "ok" if event.ok else f"FAILED: {event.error}"
+            return (f"{self._clock()} {event.device}.{event.action} "
+                    f"(planned {event.planned_at_s:g} s) {status}")
+        if isinstance(event, ev.DeviceEvent) and event.name.endswith(("built", "started")):
+            return f"{event.device}: {event.name} {_fields(event.fields)}"
+        if isinstance(event, ev.TeardownStep) and not event.ok:
+            return f"teardown {event.device}.{event.step} FAILED: {event.error}"
+        if isinstance(event, ev.RunFinished):
+            return f"finished: {event.verdict}"
+        return None
+
+    def _clock(self) -> str:
+        if self._measure_t0 is None:
+            return ""
+        done = (self._rep - 1) * (self.total_s / max(self._rep, 1))
+        return f"[{time.monotonic() - self._measure_t0 + done:6.1f}/{self.total_s:g} s]"
+
+    def close(self) -> None:
+        if self.tty and self._drawn:
+            self.out.write("\n")
+            self.out.flush()
+
+
+def _fields(fields: Mapping[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in fields.items())
+
+
+def print_verdict_table(out: TextIO, summary: Mapping[str, Any]) -> None:
+    """KPIs with value, limit and verdict; then the streams; then errors."""
+    out.write(f"\n{summary['profile']} on {summary['lab']}: {summary['verdict']}\n")
+    kpis = summary.get("kpis", [])
+    if kpis:
+        width = max(len(k["name"]) for k in kpis)
+        out.write(f"  {'KPI':<{width}}  {'VALUE':>12}  {'LIMIT':<14} {'SAMPLES':>8}  VERDICT\n")
+        for k in kpis:
+            value = "-" if k.get("value") is None else f"{k['value']:.3f} {k['unit']}"
+            out.write(f"  {k['name']:<{width}}  {value:>12}  {k['limit']:<14} "
+                      f"{k.get('samples', 0):>8}  {k['verdict']}\n")
+    streams = summary.get("streams", [])
+    if streams:
+        out.write(f"  {'STREAM':<18} {'SENT':>7} {'RECV':>7} {'LOSS%':>7} {'P50 ms':>8} "
+                  f"{'P95 ms':>8} {'JITTER':>8} {'MAX GAP ms':>11}\n")
+        for s in streams:
+            owd = s.get("owd_ms") or {}
+            out.write(
+                f"  {s['id']:<18} {s['sent']:>7} {s['received']:>7} {s['loss_pct']:>7.2f} "
+                f"{_num(owd.get('p50')):>8} {_num(owd.get('p95')):>8} "
+                f"{_num(s.get('jitter_ms')):>8} {_num(s.get('max_gap_ms')):>11}\n"
+            )
+    for error in summary.get("errors", []):
+        out.write(f"  error: {error}\n")
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:.3f}"

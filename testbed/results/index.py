@@ -1,0 +1,226 @@
+"""The run index and the device leases, in one database reached through SQLAlchemy.
+
+An SQLite file is the default; a PostgreSQL URL in ``TESTBED_DATABASE_URL`` lets several
+controllers of one testbed share the index and, above all, the leases. A lease is a row
+with an expiry: a run renews its leases while it lives, so a killed run's leases free
+themselves once they expire, and ``testbed cleanup`` frees them at once.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    Float,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    event,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from testbed.errors import LeaseError, StoreError
+
+metadata = MetaData()
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("profile", String(128), nullable=False, index=True),
+    Column("lab", String(128), nullable=False, index=True),
+    Column("verdict", String(16), nullable=False, index=True),
+    Column("status", String(16), nullable=False),
+    Column("started_at", Float, nullable=False, index=True),
+    Column("ended_at", Float),
+    Column("path", Text, nullable=False),
+)
+
+leases = Table(
+    "device_leases",
+    metadata,
+    Column("device", String(256), primary_key=True),
+    Column("run_id", String(64), nullable=False, index=True),
+    Column("holder", String(256), nullable=False),
+    Column("acquired_at", Float, nullable=False),
+    Column("expires_at", Float, nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class Lease:
+    device: str
+    run_id: str
+    holder: str
+    acquired_at: float
+    expires_at: float
+
+
+def holder_name(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}"
+
+
+class Index:
+    """Runs and leases. Thread-safe: every call opens its own short transaction."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            self.engine: Engine = create_engine(url, future=True, **_engine_args(url))
+            if url.startswith("sqlite"):
+                event.listen(self.engine, "connect", _sqlite_pragmas)
+            metadata.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"run index {url}: {exc}") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # runs ------------------------------------------------------------------------------
+
+    def put_run(self, **row: Any) -> None:
+        try:
+            with self.engine.begin() as conn:
+                found = conn.execute(select(runs.c.run_id).where(runs.c.run_id == row["run_id"]))
+                if found.first() is None:
+                    conn.execute(insert(runs).values(**row))
+                else:
+                    conn.execute(update(runs).where(runs.c.run_id == row["run_id"]).values(**row))
+        except SQLAlchemyError as exc:
+            raise StoreError(f"run index: cannot record run {row.get('run_id')}: {exc}") from exc
+
+    def list_runs(
+        self, profile: str | None = None, lab: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        query = select(runs).order_by(runs.c.started_at.desc()).limit(limit)
+        if profile:
+            query = query.where(runs.c.profile == profile)
+        if lab:
+            query = query.where(runs.c.lab == lab)
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(runs).where(runs.c.run_id == run_id)).first()
+        return dict(row._mapping) if row is not None else None
+
+    # leases ----------------------------------------------------------------------------
+
+    def acquire(
+        self,
+        devices: Sequence[str],
+        run_id: str,
+        holder: str,
+        ttl_s: float,
+        wait_s: float = 0.0,
+        poll_s: float = 0.5,
+        on_wait: Any = None,
+    ) -> None:
+        """Lease every device or none. Waits up to ``wait_s`` for held devices.
+
+        Raises :class:`LeaseError` naming the holder of the first busy device.
+        """
+        deadline = time.monotonic() + wait_s
+        while True:
+            busy = self._try_acquire(devices, run_id, holder, ttl_s)
+            if busy is None:
+                return
+            if time.monotonic() >= deadline:
+                raise LeaseError(
+                    f"device {busy.device} is leased by run {busy.run_id} ({busy.holder}) until "
+                    f"{time.strftime('%H:%M:%S', time.localtime(busy.expires_at))}; "
+                    "use --wait to queue for it, or `testbed cleanup` if that run is dead"
+                )
+            if on_wait is not None:
+                on_wait(busy)
+            time.sleep(poll_s)
+
+    def _try_acquire(
+        self, devices: Sequence[str], run_id: str, holder: str, ttl_s: float
+    ) -> Lease | None:
+        now = time.time()
+        taken: list[str] = []
+        try:
+            for device in devices:
+                with self.engine.begin() as conn:
+                    conn.execute(
+                        delete(leases).where(
+                            (leases.c.device == device) & (leases.c.expires_at < now)
+                        )
+                    )
+                try:
+                    with self.engine.begin() as conn:
+                        conn.execute(
+                            insert(leases).values(
+                                device=device,
+                                run_id=run_id,
+                                holder=holder,
+                                acquired_at=now,
+                                expires_at=now + ttl_s,
+                            )
+                        )
+                    taken.append(device)
+                except IntegrityError:
+                    current = self.lease(device)
+                    if current is not None and current.run_id == run_id:
+                        continue
+                    self.release(run_id, taken)
+                    if current is None:  # freed between our insert and our look: retry later
+                        return Lease(device, "?", "?", now, now)
+                    return current
+        except SQLAlchemyError as exc:
+            self.release(run_id, taken)
+            raise StoreError(f"device leases: {exc}") from exc
+        return None
+
+    def renew(self, run_id: str, ttl_s: float) -> int:
+        with self.engine.begin() as conn:
+            result = conn.execute(
+                update(leases).where(leases.c.run_id == run_id).values(expires_at=time.time() + ttl_s)
+            )
+            return int(result.rowcount or 0)
+
+    def release(self, run_id: str, devices: Iterable[str] | None = None) -> None:
+        query = delete(leases).where(leases.c.run_id == run_id)
+        if devices is not None:
+            names = list(devices)
+            if not names:
+                return
+            query = query.where(leases.c.device.in_(names))
+        with self.engine.begin() as conn:
+            conn.execute(query)
+
+    def lease(self, device: str) -> Lease | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(leases).where(leases.c.device == device)).first()
+        return Lease(**row._mapping) if row is not None else None
+
+    def all_leases(self) -> list[Lease]:
+        with self.engine.connect() as conn:
+            return [Lease(**r._mapping) for r in conn.execute(select(leases))]
+
+
+def _engine_args(url: str) -> dict[str, Any]:
+    if url.startswith("sqlite"):
+        return {"connect_args": {"timeout": 30}}
+    return {"pool_pre_ping": True}
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()

@@ -1,0 +1,1 @@
+"""The runner: opens devices, builds the network, runs the timeline, always tears down."""

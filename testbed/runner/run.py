@@ -1,0 +1,474 @@
+"""Running a plan: devices, network, traffic, timeline, and a teardown that always happens.
+
+Every exit path (normal end, failed limit, exception, SIGINT, SIGTERM, timeout) goes
+through the same ``finally``: devices to their safe state, devices closed, namespaces of
+this run removed, leases released, the run record completed. Signals raise once into the
+main thread; while tearing down, further signals are noted and ignored so that the
+teardown itself is never cut short.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+import time
+import traceback
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import testbed
+from drivers.base import (
+    Capture,
+    CaptureResult,
+    CaptureSpec,
+    Device,
+    DeviceContext,
+    Network,
+    StreamResult,
+    StreamSpec,
+    TrafficSource,
+)
+from drivers.netns import destroy
+from testbed.analysis.kpis import evaluate
+from testbed.analysis.streams import stream_metrics
+from testbed.errors import RunError, TestbedError
+from testbed.plan import Plan
+from testbed.registry import driver_class
+from testbed.results.index import Index, holder_name
+from testbed.results.record import SUMMARY, RunRecord
+from testbed.results.summary import junit_xml, overall_verdict
+from testbed.runner import events as ev
+from testbed.runner.state import RunState, StateFile
+from testbed.settings import Settings
+
+Listener = Callable[[ev.Event], None]
+START_DELAY_S = 0.3
+"""Time between arming the streams and their first packet, so every sender is ready."""
+
+
+class RunInterrupted(BaseException):
+    """SIGINT or SIGTERM arrived: abort the run (a BaseException so no handler eats it)."""
+
+
+class RunTimeout(BaseException):
+    """The run exceeded its time limit."""
+
+
+@dataclass
+class RunOutcome:
+    run_id: str
+    verdict: str
+    run_dir: Path
+    summary: dict[str, Any]
+
+
+@dataclass
+class _Opened:
+    name: str
+    kind: str
+    device: Device
+
+
+@dataclass
+class _RunData:
+    streams: list[dict[str, Any]] = field(default_factory=list)
+    captures: list[dict[str, Any]] = field(default_factory=list)
+    actions: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, Any] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    aborted: bool = False
+
+
+def new_run_id(profile: str) -> str:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{stamp}-{profile}-{uuid.uuid4().hex[:6]}"
+
+
+class Runner:
+    def __init__(
+        self,
+        plan: Plan,
+        settings: Settings,
+        *,
+        profile_path: Path,
+        lab_path: Path,
+        wait_s: float = 0.0,
+        timeout_s: float | None = None,
+        listeners: Sequence[Listener] = (),
+    ) -> None:
+        self.plan = plan
+        self.settings = settings
+        self.profile_path = profile_path
+        self.lab_path = lab_path
+        self.wait_s = wait_s
+        per_rep = plan.duration_s + START_DELAY_S + 2.0
+        self.timeout_s = timeout_s or (per_rep * plan.repetitions + 120.0)
+        self.listeners = list(listeners)
+        self.run_id = new_run_id(plan.profile)
+        self.prefix = "tb" + self.run_id[-6:]
+        self._t0 = time.monotonic()
+        self._record: RunRecord | None = None
+        self._opened: list[_Opened] = []
+        self._signals_seen: list[str] = []
+        self._tearing_down = False
+        self._heartbeat_stop = threading.Event()
+
+    # events --------------------------------------------------------------------------
+
+    def _now(self) -> tuple[float, float]:
+        return round(time.monotonic() - self._t0, 6), time.time()
+
+    def _emit(self, make: Callable[[float, float], ev.Event]) -> None:
+        event = make(*self._now())
+        if self._record is not None:
+            self._record.append_event(event.to_dict())
+        for listener in self.listeners:
+            with contextlib.suppress(Exception):  # a display problem never stops a run
+                listener(event)
+
+    def _device_emitter(self, device: str) -> Callable[[str, Mapping[str, Any]], None]:
+        def emit(name: str, fields: Mapping[str, Any]) -> None:
+            self._emit(lambda t, w: ev.DeviceEvent(t, w, device, name, dict(fields)))
+
+        return emit
+
+    # signals and time limit ------------------------------------------------------------
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        self._signals_seen.append(name)
+        if not self._tearing_down and len(self._signals_seen) == 1:
+            raise RunInterrupted(name)
+
+    def _on_alarm(self, _signum: int, _frame: FrameType | None) -> None:
+        if not self._tearing_down:
+            raise RunTimeout(f"the run exceeded its time limit of {self.timeout_s:g} s")
+
+    @contextlib.contextmanager
+    def _guarded(self) -> Iterator[None]:
+        in_main = threading.current_thread() is threading.main_thread()
+        if not in_main:
+            yield
+            return
+        previous = {
+            s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)
+        }
+        previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+
+    # the run -------------------------------------------------------------------------
+
+    def run(self) -> RunOutcome:
+        settings = self.settings
+        record = RunRecord.create(settings.results_dir, self.run_id)
+        self._record = record
+        started_at = time.time()
+        record.write(
+            "manifest.json",
+            {
+                "run_id": self.run_id,
+                "profile": self.plan.profile,
+                "lab": self.plan.lab,
+                "status": "running",
+                "verdict": None,
+                "started_at": started_at,
+                "ended_at": None,
+                "host": os.uname().nodename,
+                "controller_pid": os.getpid(),
+                "versions": {"testbed": testbed.__version__, "python": _python_version()},
+                "name_prefix": self.prefix,
+            },
+        )
+        record.copy_in(self.profile_path, "profile.yaml")
+        record.copy_in(self.lab_path, "lab.yaml")
+        record.write("plan.json", self.plan.model_dump(mode="json"))
+        state = StateFile(
+            settings.state_dir, RunState(self.run_id, self.prefix, str(record.path.resolve()))
+        )
+        index = Index(settings.database_url)
+        index.put_run(
+            run_id=self.run_id, profile=self.plan.profile, lab=self.plan.lab, verdict="RUNNING",
+            status="running", started_at=started_at, ended_at=None, path=str(record.path.resolve()),
+        )
+        data = _RunData()
+        self._emit(lambda t, w: ev.RunStarted(t, w, self.run_id, self.plan.profile,
+                                              self.plan.lab, str(record.path)))
+        traffic_running: TrafficSource | None = None
+        with self._guarded():
+            try:
+                try:
+                    self._emit(lambda t, w: ev.PhaseStarted(t, w, "setup"))
+                    self._lease(index)
+                    self._open_devices(state)
+                    capture = self._start_captures(record)
+                    for rep in range(1, self.plan.repetitions + 1):
+                        self._emit(lambda t, w, r=rep: ev.PhaseStarted(t, w, "measure", r))
+                        traffic = self._traffic()
+                        t_rep = time.monotonic()
+                        if traffic is not None and self.plan.streams:
+                            start_ns = time.time_ns() + int(START_DELAY_S * 1e9)
+                            traffic_running = traffic
+                            traffic.start(self._stream_specs(), start_ns, f"rep{rep}")
+                            t_rep += START_DELAY_S
+                        self._run_timeline(rep, t_rep, data)
+                        self._sleep_until(t_rep + self.plan.duration_s)
+                        if traffic_running is not None:
+                            results = traffic_running.stop()
+                            traffic_running = None
+                            data.streams += self._metrics(results, rep)
+                    if capture is not None:
+                        data.captures += _capture_entries(capture.stop(), record.path)
+                except RunInterrupted as exc:
+                    data.aborted = True
+                    data.errors.append(f"aborted by {exc}")
+                except RunTimeout as exc:
+                    data.errors.append(str(exc))
+                except TestbedError as exc:
+                    data.errors.append(str(exc))
+                except Exception as exc:
+                    data.errors.append(f"internal error: {exc!r} (traceback in crash.log)")
+                    record.write_text("crash.log", traceback.format_exc())
+                finally:
+                    self._tearing_down = True
+                    self._emit(lambda t, w: ev.PhaseStarted(t, w, "teardown"))
+                    if traffic_running is not None:  # keep what arrived before the stop
+                        try:
+                            data.streams += self._metrics(traffic_running.stop(), 0, partial=True)
+                        except Exception as exc:
+                            data.errors.append(f"collecting partial traffic results: {exc}")
+                    self._teardown(data, record)
+            finally:
+                self._tearing_down = True
+                self._heartbeat_stop.set()
+                with contextlib.suppress(Exception):
+                    index.release(self.run_id)
+                summary = self._finish(record, index, data, started_at)
+                state.remove()
+                index.close()
+        return RunOutcome(self.run_id, summary["verdict"], record.path, summary)
+
+    def _lease(self, index: Index) -> None:
+        keys = [d.lease_key for d in self.plan.devices if d.lease_key]
+        if not keys:
+            return
+
+        def waiting(lease: Any) -> None:
+            self._emit(lambda t, w: ev.LeaseWaiting(t, w, lease.device, lease.run_id, lease.holder))
+
+        index.acquire(
+            keys, self.run_id, holder_name(os.getpid()), self.settings.lease_ttl_s,
+            wait_s=self.wait_s, on_wait=waiting,
+        )
+        ttl = self.settings.lease_ttl_s
+
+        def heartbeat() -> None:
+            while not self._heartbeat_stop.wait(ttl / 3):
+                with contextlib.suppress(Exception):
+                    index.renew(self.run_id, ttl)
+
+        threading.Thread(target=heartbeat, name="lease-heartbeat", daemon=True).start()
+
+    def _open_devices(self, state: StateFile) -> Network | None:
+        """Open the network first (others run on its nodes), then every other device."""
+        assert self._record is not None
+        ordered = sorted(self.plan.devices, key=lambda d: d.kind != "network")
+        network: Network | None = None
+        for planned in ordered:
+            cls = driver_class(planned.kind, planned.driver)
+            context = DeviceContext(
+                run_dir=self._record.path,
+                name_prefix=self.prefix,
+                emit=self._device_emitter(planned.name),
+                processes=state,
+                nodes=network,
+            )
+            device = cls(planned.name, planned.settings, context)
+            self._opened.append(_Opened(planned.name, planned.kind, device))
+            device.open()
+            if isinstance(device, Network):
+                device.build(self.plan.topology())
+                network = device
+            self._emit(lambda t, w, p=planned: ev.DeviceOpened(t, w, p.name, p.kind, p.driver))
+        return network
+
+    def _start_captures(self, record: RunRecord) -> Capture | None:
+        if not self.plan.captures:
+            return None
+        by_device: dict[str, list[CaptureSpec]] = {}
+        for c in self.plan.captures:
+            by_device.setdefault(c.device, []).append(CaptureSpec(c.name, c.node, c.ifname))
+        if len(by_device) > 1:
+            raise RunError("captures on more than one capture device are not supported yet")
+        (device_name, specs), = by_device.items()
+        device = self._device(device_name)
+        if not isinstance(device, Capture):
+            raise RunError(f"device {device_name!r} is not a capture device")
+        device.start(specs, record.path / "captures")
+        return device
+
+    def _traffic(self) -> TrafficSource | None:
+        for opened in self._opened:
+            if isinstance(opened.device, TrafficSource):
+                return opened.device
+        return None
+
+    def _device(self, name: str) -> Device:
+        for opened in self._opened:
+            if opened.name == name:
+                return opened.device
+        raise RunError(f"device {name!r} is not open")
+
+    def _stream_specs(self) -> list[StreamSpec]:
+        return [StreamSpec(**s.model_dump()) for s in self.plan.streams]
+
+    def _sleep_until(self, deadline: float) -> None:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.05))
+
+    def _run_timeline(self, rep: int, t_rep: float, data: _RunData) -> None:
+        for event in self.plan.timeline:
+            self._sleep_until(t_rep + event.at_s)
+            device = self._device(event.device)
+            started = time.monotonic()
+            outcome: dict[str, Any] = {}
+
+            def act(dev: Device = device, e: Any = event, out: dict[str, Any] = outcome) -> None:
+                try:
+                    out["details"] = dict(dev.perform(e.action, e.args))
+                except Exception as exc:
+                    out["error"] = str(exc)
+
+            worker = threading.Thread(target=act, name=f"action-{event.action}", daemon=True)
+            worker.start()
+            worker.join(event.timeout_s)
+            if worker.is_alive():
+                outcome["error"] = f"deadline of {event.timeout_s:g} s exceeded"
+            took_ms = (time.monotonic() - started) * 1000
+            error = outcome.get("error")
+            at_s = round(started - t_rep, 6)
+            self._emit(
+                lambda t, w, e=event: ev.ActionExecuted(
+                    t, w, e.device, e.action, e.at_s, rep, error is None, round(took_ms, 3),
+                    error, outcome.get("details", {}),
+                )
+            )
+            data.actions.append(
+                {"t_s": at_s, "planned_at_s": event.at_s, "repetition": rep,
+                 "device": event.device, "action": event.action, "args": event.args,
+                 "ok": error is None, "error": error, "duration_ms": round(took_ms, 3)}
+            )
+            if error is not None:
+                raise RunError(f"{event.device}: {event.action} at {event.at_s:g} s failed: {error}")
+
+    def _metrics(
+        self, results: Sequence[StreamResult], rep: int, partial: bool = False
+    ) -> list[dict[str, Any]]:
+        kinds = {s.id: s.kind for s in self.plan.streams}
+        entries = []
+        for res in results:
+            metrics = stream_metrics(res.id, kinds.get(res.id, "probe"), res.seq, res.tx_ns,
+                                     res.rx_ns, res.sent, res.sent_window_ns)
+            entry = metrics.to_dict()
+            entry["repetition"] = rep
+            entry["send_errors"] = res.send_errors
+            entry["source"] = "receiver kernel timestamps (SO_TIMESTAMPNS)"
+            notes = list(res.notes)
+            if partial:
+                notes.append("partial: the run stopped before this stream's end")
+            entry["notes"] = notes
+            entries.append(entry)
+        return entries
+
+    def _teardown(self, data: _RunData, record: RunRecord) -> None:
+        for opened in reversed(self._opened):
+            for step in ("safe_state", "counters", "close"):
+                try:
+                    if step == "safe_state":
+                        opened.device.safe_state()
+                    elif step == "counters":
+                        counters = dict(opened.device.counters())
+                        if counters:
+                            data.counters[opened.name] = counters
+                    else:
+                        opened.device.close()
+                    ok, error = True, None
+                except Exception as exc:  # the contract says never raise; we still cope
+                    ok, error = False, str(exc)
+                    data.errors.append(f"{opened.name}: {step} failed: {exc}")
+                self._emit(lambda t, w, o=opened, s=step, k=ok, e=error:
+                           ev.TeardownStep(t, w, o.name, s, k, e))
+        try:
+            leftovers = destroy(self.prefix + "-")
+        except Exception as exc:
+            data.errors.append(f"removing namespaces of {self.prefix}: {exc}")
+        else:
+            if leftovers:
+                self._emit(lambda t, w: ev.TeardownStep(t, w, "net", "remove-leftovers", True,
+                                                        f"removed {len(leftovers)} namespaces"))
+
+    def _finish(
+        self, record: RunRecord, index: Index, data: _RunData, started_at: float
+    ) -> dict[str, Any]:
+        kpis = evaluate(self.plan.kpis, [s for s in data.streams if s.get("repetition")])
+        verdict = overall_verdict(data.aborted, data.errors, kpis)
+        ended_at = time.time()
+        summary = {
+            "run_id": self.run_id,
+            "profile": self.plan.profile,
+            "lab": self.plan.lab,
+            "verdict": verdict,
+            "started_at": _iso(started_at),
+            "ended_at": _iso(ended_at),
+            "duration_s": round(ended_at - started_at, 3),
+            "kpis": kpis,
+            "streams": data.streams,
+            "events": data.actions,
+            "captures": data.captures,
+            "devices": data.counters,
+            "errors": data.errors,
+            "signals": self._signals_seen,
+        }
+        self._emit(lambda t, w: ev.RunFinished(t, w, verdict, list(data.errors)))
+        record.write(SUMMARY, summary)
+        record.write_text("junit.xml", junit_xml(summary))
+        record.update_manifest(status="complete", verdict=verdict, ended_at=ended_at)
+        with contextlib.suppress(Exception):
+            index.put_run(
+                run_id=self.run_id, profile=self.plan.profile, lab=self.plan.lab, verdict=verdict,
+                status="complete", started_at=started_at, ended_at=ended_at,
+                path=str(record.path.resolve()),
+            )
+        return summary
+
+
+def _capture_entries(results: Sequence[CaptureResult], run_dir: Path) -> list[dict[str, Any]]:
+    return [
+        {"name": r.name, "file": str(r.path.relative_to(run_dir)), "packets": r.packets,
+         "dropped": r.dropped, "notes": r.notes}
+        for r in results
+    ]
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
+
+
+def _python_version() -> str:
+    import platform
+
+    return platform.python_version()
