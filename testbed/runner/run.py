@@ -206,6 +206,7 @@ class Runner:
         self._emit(lambda t, w: ev.RunStarted(t, w, self.run_id, self.plan.profile,
                                               self.plan.lab, str(record.path)))
         traffic_running: TrafficSource | None = None
+        current_rep = 0
         with self._guarded():
             try:
                 try:
@@ -214,6 +215,7 @@ class Runner:
                     self._open_devices(state)
                     capture = self._start_captures(record)
                     for rep in range(1, self.plan.repetitions + 1):
+                        current_rep = rep
                         self._emit(lambda t, w, r=rep: ev.PhaseStarted(t, w, "measure", r))
                         traffic = self._traffic()
                         t_rep = time.monotonic()
@@ -245,7 +247,9 @@ class Runner:
                     self._emit(lambda t, w: ev.PhaseStarted(t, w, "teardown"))
                     if traffic_running is not None:  # keep what arrived before the stop
                         try:
-                            data.streams += self._metrics(traffic_running.stop(), 0, partial=True)
+                            traffic_running.safe_state()  # stop sending now, not at the end
+                            results = traffic_running.stop()
+                            data.streams += self._metrics(results, current_rep, partial=True)
                         except Exception as exc:
                             data.errors.append(f"collecting partial traffic results: {exc}")
                     self._teardown(data, record)

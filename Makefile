@@ -1,0 +1,46 @@
+# The two commands of the README: `make demo` and `make test`. Both set up what they need
+# on a fresh Debian machine (run as root): the virtual environment with the Python
+# dependencies, and dumpcap/tshark and iproute2 from Debian's packages when missing.
+
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+APT    := DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0
+
+.PHONY: demo test lint unit system-deps env clean-env cleanup bench
+
+demo: env system-deps
+	$(VENV)/bin/testbed run profiles/radio_outage.yaml
+
+test: env system-deps lint
+	$(PY) -m pytest
+
+unit: env
+	$(PY) -m pytest tests/unit
+
+lint: env
+	$(VENV)/bin/ruff check testbed drivers tests bench
+	$(VENV)/bin/ruff format --check testbed drivers tests bench
+	$(VENV)/bin/mypy
+
+env: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV) || { $(APT) update && $(APT) install python3-venv && python3 -m venv $(VENV); }
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev]'
+	@touch $(STAMP)
+
+# dumpcap comes with Debian's tshark package; `ip` with iproute2.
+system-deps:
+	@command -v dumpcap >/dev/null && command -v tshark >/dev/null && command -v ip >/dev/null || \
+	  { echo "installing tshark and iproute2 from Debian's packages"; \
+	    $(APT) update >/dev/null && $(APT) install tshark iproute2 >/dev/null; }
+
+cleanup: env
+	$(VENV)/bin/testbed cleanup
+
+bench: env system-deps
+	$(PY) bench/topology.py
+
+clean-env:
+	rm -rf $(VENV)
