@@ -42,8 +42,11 @@ def cleanup(settings: Settings, include_live: bool = False) -> list[str]:
         report += _clean_run(state, index)
         path.unlink(missing_ok=True)
     pattern = re.compile(PREFIX_RE)
-    orphans = [n for n in list_namespaces("tb") if pattern.match(n)
-               and n.split("-", 1)[0] not in live_prefixes]
+    orphans = [
+        n
+        for n in list_namespaces("tb")
+        if pattern.match(n) and n.split("-", 1)[0] not in live_prefixes
+    ]
     if orphans:
         removed = destroy("tb", orphans)
         report += [f"removed orphan namespace {n}" for n in removed]

@@ -92,13 +92,17 @@ def cmd_plan(args: argparse.Namespace) -> int:
     print(f"routes: {len(plan.routes)}")
     print("streams:")
     for s in plan.streams:
-        print(f"  {s.id:<16} {s.kind} {s.from_node} -> {s.to_node} ({s.dst_address}:{s.port}) "
-              f"{s.rate_pps:g} pps x {s.payload_bytes} B, DSCP {s.dscp}, {s.start_s:g}-{s.stop_s:g} s")
+        print(
+            f"  {s.id:<16} {s.kind} {s.from_node} -> {s.to_node} ({s.dst_address}:{s.port}) "
+            f"{s.rate_pps:g} pps x {s.payload_bytes} B, DSCP {s.dscp}, {s.start_s:g}-{s.stop_s:g} s"
+        )
     print("timeline:")
     for e in plan.timeline:
         print(f"  {e.at_s:>8.3f} s  {e.device}.{e.action} {json.dumps(e.args)}")
-    print("captures: " + (", ".join(f"{c.name} ({c.node}:{c.ifname})" for c in plan.captures)
-                          or "none"))
+    print(
+        "captures: "
+        + (", ".join(f"{c.name} ({c.node}:{c.ifname})" for c in plan.captures) or "none")
+    )
     print("kpis:")
     for k in plan.kpis:
         from testbed.analysis.kpis import limit_text, unit_of
@@ -113,10 +117,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     from testbed.settings import Settings
 
     plan = _load_bound(args.profile, args.lab)
-    if os.geteuid() != 0 and any(d.kind == "network" and d.driver == "emulated"
-                                 for d in plan.devices):
-        _err("testbed run: the emulated lab builds network namespaces and needs root "
-             "(CAP_NET_ADMIN, CAP_SYS_ADMIN); run as root or with sudo")
+    if os.geteuid() != 0 and any(
+        d.kind == "network" and d.driver == "emulated" for d in plan.devices
+    ):
+        _err(
+            "testbed run: the emulated lab builds network namespaces and needs root "
+            "(CAP_NET_ADMIN, CAP_SYS_ADMIN); run as root or with sudo"
+        )
         return EXIT_ERROR
     settings = Settings.from_env(args.results)
     progress = Progress(sys.stderr, total_s=plan.duration_s * plan.repetitions)
@@ -172,9 +179,12 @@ def cmd_show(args: argparse.Namespace) -> int:
     manifest = record.manifest()
     summary_path = path / "summary.json"
     if not summary_path.exists():
-        print(json.dumps(manifest, indent=2) if args.json else
-              f"run {args.run_id}: status {manifest.get('status')}, no summary (the run did "
-              "not finish; `testbed cleanup` marks dead runs as crashed)")
+        print(
+            json.dumps(manifest, indent=2)
+            if args.json
+            else f"run {args.run_id}: status {manifest.get('status')}, no summary (the run did "
+            "not finish; `testbed cleanup` marks dead runs as crashed)"
+        )
         return EXIT_PASS
     summary = read_json(summary_path)
     if args.json:
@@ -214,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=["profile", "lab"])
     p.set_defaults(func=cmd_schema)
 
-    p = sub.add_parser("plan", help="print the resolved plan of a profile on a lab, touching nothing")
+    p = sub.add_parser(
+        "plan", help="print the resolved plan of a profile on a lab, touching nothing"
+    )
     p.add_argument("profile", metavar="PROFILE")
     p.add_argument("--lab", default=str(DEFAULT_LAB))
     p.add_argument("--json", action="store_true")
@@ -225,10 +237,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lab", default=str(DEFAULT_LAB))
     p.add_argument("--results", metavar="DIR", help="results folder (default: results)")
     p.add_argument("--json", action="store_true", help="print summary.json on stdout")
-    p.add_argument("--wait", nargs="?", type=float, const=3600.0, metavar="SECONDS",
-                   help="wait for leased devices (default: up to an hour) instead of failing")
-    p.add_argument("--timeout", type=float, metavar="SECONDS",
-                   help="abort with ERROR after this long (default: duration x repetitions + 2 min)")
+    p.add_argument(
+        "--wait",
+        nargs="?",
+        type=float,
+        const=3600.0,
+        metavar="SECONDS",
+        help="wait for leased devices (default: up to an hour) instead of failing",
+    )
+    p.add_argument(
+        "--timeout",
+        type=float,
+        metavar="SECONDS",
+        help="abort with ERROR after this long (default: duration x repetitions + 2 min)",
+    )
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("list", help="list runs")
@@ -247,8 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("cleanup", help="remove what killed runs left behind")
     p.add_argument("--results", metavar="DIR")
-    p.add_argument("--force", action="store_true",
-                   help="also clean up runs whose controller is still alive")
+    p.add_argument(
+        "--force", action="store_true", help="also clean up runs whose controller is still alive"
+    )
     p.set_defaults(func=cmd_cleanup)
     return parser
 

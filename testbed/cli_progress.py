@@ -50,8 +50,10 @@ class Progress:
             return f"opened {event.device} ({event.kind}/{event.driver})"
         if isinstance(event, ev.ActionExecuted):
             status = "ok" if event.ok else f"FAILED: {event.error}"
-            return (f"{self._clock()} {event.device}.{event.action} "
-                    f"(planned {event.planned_at_s:g} s) {status}")
+            return (
+                f"{self._clock()} {event.device}.{event.action} "
+                f"(planned {event.planned_at_s:g} s) {status}"
+            )
         if isinstance(event, ev.DeviceEvent) and event.name.endswith(("built", "started")):
             return f"{event.device}: {event.name} {_fields(event.fields)}"
         if isinstance(event, ev.TeardownStep) and not event.ok:
@@ -85,12 +87,16 @@ def print_verdict_table(out: TextIO, summary: Mapping[str, Any]) -> None:
         out.write(f"  {'KPI':<{width}}  {'VALUE':>12}  {'LIMIT':<14} {'SAMPLES':>8}  VERDICT\n")
         for k in kpis:
             value = "-" if k.get("value") is None else f"{k['value']:.3f} {k['unit']}"
-            out.write(f"  {k['name']:<{width}}  {value:>12}  {k['limit']:<14} "
-                      f"{k.get('samples', 0):>8}  {k['verdict']}\n")
+            out.write(
+                f"  {k['name']:<{width}}  {value:>12}  {k['limit']:<14} "
+                f"{k.get('samples', 0):>8}  {k['verdict']}\n"
+            )
     streams = summary.get("streams", [])
     if streams:
-        out.write(f"  {'STREAM':<18} {'SENT':>7} {'RECV':>7} {'LOSS%':>7} {'P50 ms':>8} "
-                  f"{'P95 ms':>8} {'JITTER':>8} {'MAX GAP ms':>11}\n")
+        out.write(
+            f"  {'STREAM':<18} {'SENT':>7} {'RECV':>7} {'LOSS%':>7} {'P50 ms':>8} "
+            f"{'P95 ms':>8} {'JITTER':>8} {'MAX GAP ms':>11}\n"
+        )
         for s in streams:
             owd = s.get("owd_ms") or {}
             out.write(

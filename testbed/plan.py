@@ -271,10 +271,13 @@ def make_plan(
     kpis = []
     for i, k in enumerate(profile.kpis):
         if k.stream not in stream_ids:
-            problems.add("profile", ("kpis", i, "stream"), f"no stream {k.stream!r} in this profile")
+            problems.add(
+                "profile", ("kpis", i, "stream"), f"no stream {k.stream!r} in this profile"
+            )
         kpis.append(PlannedKpi(**k.model_dump()))
 
     if problems.items:
+
         def plain(where: str, loc: Loc, message: str) -> str:
             field = ".".join(str(p) for p in loc)
             return f"{where}: {field}: {message}"
@@ -319,9 +322,7 @@ def _devices(lab: Lab, catalog: ActionCatalog, problems: _Problems) -> list[Plan
     return out
 
 
-def _address_links(
-    lab: Lab, problems: _Problems
-) -> tuple[list[PlannedSegment], dict[str, str]]:
+def _address_links(lab: Lab, problems: _Problems) -> tuple[list[PlannedSegment], dict[str, str]]:
     """Give every link a subnet (its own or one from the pool) and every port an address."""
     pool = ipaddress.IPv4Network(lab.address_pool)
     taken = [ipaddress.IPv4Network(x.subnet) for x in lab.links if x.subnet]
@@ -371,7 +372,9 @@ def _address_links(
                 link=link.name,
                 subnet=str(subnet),
                 ports=tuple(
-                    PlannedPort(node=p.node, ifname=p.ifname, address=f"{p.address}/{subnet.prefixlen}")
+                    PlannedPort(
+                        node=p.node, ifname=p.ifname, address=f"{p.address}/{subnet.prefixlen}"
+                    )
                     for p in ports
                 ),
                 impaired_by=link.impaired_by,

@@ -24,7 +24,9 @@ class Settings:
     @classmethod
     def from_env(cls, results_dir: str | Path | None = None) -> Settings:
         results = Path(results_dir or os.environ.get("TESTBED_RESULTS_DIR", "results"))
-        url = os.environ.get("TESTBED_DATABASE_URL") or f"sqlite:///{results.resolve()}/index.sqlite3"
+        url = (
+            os.environ.get("TESTBED_DATABASE_URL") or f"sqlite:///{results.resolve()}/index.sqlite3"
+        )
         return cls(
             results_dir=results,
             database_url=url,

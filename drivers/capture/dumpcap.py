@@ -12,11 +12,12 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from drivers.base import Capture, CaptureResult, CaptureSpec
+from drivers.base import Capture, CaptureResult, CaptureSpec, DeviceContext
 from drivers.errors import DriverError
 
 _STATS = re.compile(r"Packets received/dropped on interface '[^']*': (\d+)/(\d+)")
@@ -32,14 +33,15 @@ class _Running:
 
 
 class DumpcapCapture(Capture):
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, name: str, settings: Mapping[str, Any], context: DeviceContext) -> None:
+        super().__init__(name, settings, context)
         self._running: list[_Running] = []
 
     def open(self) -> None:
         if shutil.which("dumpcap") is None:
             raise DriverError(
-                self.name, "dumpcap is not installed (Debian package `tshark`; `make demo` installs it)"
+                self.name,
+                "dumpcap is not installed (Debian package `tshark`; `make demo` installs it)",
             )
 
     def start(self, points: Sequence[CaptureSpec], out_dir: Path) -> None:
@@ -68,7 +70,9 @@ class DumpcapCapture(Capture):
             while b"Capturing on" not in _read(run.log):
                 if run.proc.poll() is not None or time.monotonic() > deadline:
                     text = _read(run.log).decode(errors="replace").strip()
-                    raise DriverError(self.name, f"dumpcap at {run.spec.name} did not start: {text}")
+                    raise DriverError(
+                        self.name, f"dumpcap at {run.spec.name} did not start: {text}"
+                    )
                 time.sleep(0.01)
         self.context.emit("capture.started", {"points": [p.name for p in points]})
 
@@ -78,13 +82,16 @@ class DumpcapCapture(Capture):
             _interrupt(run.proc)
             text = _read(run.log).decode(errors="replace")
             match = _STATS.search(text)
-            received, dropped = (int(match.group(1)), int(match.group(2))) if match else (None, None)
+            received, dropped = (
+                (int(match.group(1)), int(match.group(2))) if match else (None, None)
+            )
             notes = []
             if match is None:
                 notes.append("dumpcap did not report its counters (it was killed?)")
             elif dropped:
-                notes.append(f"dumpcap dropped {dropped} packets: metrics from this capture "
-                             "are incomplete")
+                notes.append(
+                    f"dumpcap dropped {dropped} packets: metrics from this capture are incomplete"
+                )
             results.append(CaptureResult(run.spec.name, run.path, received, dropped, notes))
             run.log.unlink(missing_ok=True)
         self._running = []

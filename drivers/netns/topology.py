@@ -320,7 +320,9 @@ def _kill_all(pids: Iterable[int], sig: int) -> None:
                 raise
 
 
-def destroy(prefix: str, namespaces: Iterable[str] | None = None, grace_s: float = 2.0) -> list[str]:
+def destroy(
+    prefix: str, namespaces: Iterable[str] | None = None, grace_s: float = 2.0
+) -> list[str]:
     """Kill what runs inside the namespaces, delete them and wait until the kernel has.
 
     Processes are stopped first because a namespace with a process inside outlives
@@ -359,9 +361,7 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
-def set_link_state(
-    namespace: str, ifname: str, up: bool, restore: Sequence[str] = ()
-) -> None:
+def set_link_state(namespace: str, ifname: str, up: bool, restore: Sequence[str] = ()) -> None:
     """Bring one interface up or down (a cable pulled, a radio switched off).
 
     The kernel deletes the routes and neighbour entries of an interface that goes down and

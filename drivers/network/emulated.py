@@ -6,10 +6,11 @@ up, ``isolate``/``restore`` do it for every link of a node.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from drivers.base import Network
+from drivers.base import DeviceContext, Network
 from drivers.errors import DriverError
 from drivers.netns import (
     BuiltTopology,
@@ -29,8 +30,8 @@ from drivers.netns import (
 class EmulatedNetwork(Network):
     actions = frozenset({"link_down", "link_up", "isolate", "restore"})
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, name: str, settings: Mapping[str, Any], context: DeviceContext) -> None:
+        super().__init__(name, settings, context)
         self._built: BuiltTopology | None = None
         self._addresses: dict[str, str] = {}
         self._link_ports: dict[str, list[tuple[str, str]]] = {}
@@ -43,7 +44,8 @@ class EmulatedNetwork(Network):
     def build(self, topology: Mapping[str, Any]) -> None:
         prefix = self.context.name_prefix
         nodes = tuple(
-            NodeSpec(self.namespace(n["name"]), bool(n.get("forwarding"))) for n in topology["nodes"]
+            NodeSpec(self.namespace(n["name"]), bool(n.get("forwarding")))
+            for n in topology["nodes"]
         )
         segments = []
         for seg in topology["segments"]:
@@ -105,7 +107,9 @@ class EmulatedNetwork(Network):
         try:
             for link in links:
                 for node_name, ifname in self._link_ports[link]:
-                    set_link_state(self.namespace(node_name), ifname, up, self._node_routes(node_name))
+                    set_link_state(
+                        self.namespace(node_name), ifname, up, self._node_routes(node_name)
+                    )
                 (self._down.discard if up else self._down.add)(link)
         except NetnsError as exc:
             raise DriverError(self.name, f"{action} failed: {exc}") from exc
@@ -127,17 +131,13 @@ class EmulatedNetwork(Network):
         """Links back up: a fault injected by the timeline never outlives its run."""
         for link in sorted(self._down):
             for node_name, ifname in self._link_ports.get(link, []):
-                try:
+                with contextlib.suppress(NetnsError):
                     set_link_state(
                         self.namespace(node_name), ifname, True, self._node_routes(node_name)
                     )
-                except NetnsError:
-                    pass
         self._down.clear()
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(NetnsError):
             destroy(self.context.name_prefix + "-")
-        except NetnsError:
-            pass
         self._built = None

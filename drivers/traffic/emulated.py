@@ -79,7 +79,9 @@ class EmulatedTraffic(TrafficSource):
         for rx, ready in session.receivers:
             while not ready.exists():
                 if rx.proc.poll() is not None or time.monotonic() > deadline:
-                    raise DriverError(self.name, f"receiver {rx.role} did not start: {_tail(rx.log)}")
+                    raise DriverError(
+                        self.name, f"receiver {rx.role} did not start: {_tail(rx.log)}"
+                    )
                 time.sleep(0.005)
             ready.unlink()
         groups: dict[tuple[str, float, float], list[StreamSpec]] = {}
@@ -88,8 +90,9 @@ class EmulatedTraffic(TrafficSource):
         for i, ((node, start_s, stop_s), group) in enumerate(sorted(groups.items())):
             stats = out_dir / f"tx-{node}-{i}.json"
             specs = [
-                probe.StreamSpec(s.id, s.wire_id, s.dst_address, s.port, s.rate_pps,
-                                 s.payload_bytes, s.dscp)
+                probe.StreamSpec(
+                    s.id, s.wire_id, s.dst_address, s.port, s.rate_pps, s.payload_bytes, s.dscp
+                )
                 for s in group
             ]
             argv = probe.sender_command(
@@ -97,9 +100,14 @@ class EmulatedTraffic(TrafficSource):
             )
             proc = self._spawn(node, argv, f"tx-{node}-{i}", out_dir)
             session.senders.append((proc, stats, group))
-        self.context.emit("traffic.started", {"streams": len(streams),
-                                              "senders": len(session.senders),
-                                              "receivers": len(session.receivers)})
+        self.context.emit(
+            "traffic.started",
+            {
+                "streams": len(streams),
+                "senders": len(session.senders),
+                "receivers": len(session.receivers),
+            },
+        )
 
     def stop(self) -> list[StreamResult]:
         session = self._session
@@ -117,7 +125,7 @@ class EmulatedTraffic(TrafficSource):
         for node, port in sorted({(s.to_node, s.port) for s in session.streams}):
             records[(node, port)] = probe.read_records(session.out_dir / f"rx-{node}-{port}.bin")
         results = []
-        for tx, stats_path, group in session.senders:
+        for _, stats_path, group in session.senders:
             stats = None
             try:
                 stats = probe.read_sender_stats(stats_path)
@@ -139,9 +147,7 @@ class EmulatedTraffic(TrafficSource):
                     notes.append(note if stats is None else "no sender statistics for stream")
                 if errors:
                     notes.append(f"{errors} sends failed (e.g. link down)")
-                results.append(
-                    StreamResult(s.id, sent, seq, tx_ns, rx_ns, errors, notes, window)
-                )
+                results.append(StreamResult(s.id, sent, seq, tx_ns, rx_ns, errors, notes, window))
         return results
 
     def safe_state(self) -> None:

@@ -42,7 +42,9 @@ def _within(kpi: PlannedKpi, value: float) -> bool:
     return (kpi.max is None or value <= kpi.max) and (kpi.min is None or value >= kpi.min)
 
 
-def evaluate(kpis: Sequence[PlannedKpi], streams: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+def evaluate(
+    kpis: Sequence[PlannedKpi], streams: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
     out = []
     for kpi in kpis:
         entries = [s for s in streams if s.get("id") == kpi.stream]
@@ -61,14 +63,19 @@ def evaluate(kpis: Sequence[PlannedKpi], streams: Sequence[Mapping[str, Any]]) -
         }
         known = [v for v in values if v is not None]
         if not entries or len(known) < len(values):
-            result.update(value=known[0] if known else None, verdict="FAIL",
-                          note="no samples: nothing of the stream was received")
+            result.update(
+                value=known[0] if known else None,
+                verdict="FAIL",
+                note="no samples: nothing of the stream was received",
+            )
         else:
             failing = [v for v in known if not _within(kpi, v)]
             if failing:
                 worst = failing[0]
+            elif kpi.max is not None:
+                worst = max(known)
             else:
-                worst = max(known) if kpi.max is not None else min(known)
+                worst = min(known)
             result.update(value=worst, verdict="FAIL" if failing else "PASS")
         out.append(result)
     return out

@@ -49,8 +49,10 @@ def check_lab(lab: Lab) -> list[Problem]:
                 problems.append((("links", i, "impaired_by"), _unknown("device", link.impaired_by)))
             elif dev.kind != "impairment":
                 problems.append(
-                    (("links", i, "impaired_by"), f"device {dev.name!r} is a {dev.kind}, "
-                     "not an impairment device")
+                    (
+                        ("links", i, "impaired_by"),
+                        f"device {dev.name!r} is a {dev.kind}, not an impairment device",
+                    )
                 )
         if link.subnet is not None and ipaddress.ip_network(link.subnet).overlaps(pool):
             problems.append(
@@ -68,10 +70,10 @@ def check_lab(lab: Lab) -> list[Problem]:
         if cp.link is None and cp.ifname is None:
             problems.append((("capture_points", i), "give the link or the ifname to capture on"))
         if cp.link is not None:
-            link = links.get(cp.link)
-            if link is None:
+            cp_link = links.get(cp.link)
+            if cp_link is None:
                 problems.append((("capture_points", i, "link"), _unknown("link", cp.link)))
-            elif cp.node not in {e.node for e in link.endpoints}:
+            elif cp.node not in {e.node for e in cp_link.endpoints}:
                 problems.append(
                     (("capture_points", i, "link"), f"node {cp.node!r} is not on link {cp.link!r}")
                 )
@@ -92,7 +94,10 @@ def _check_subnet_overlaps(lab: Lab) -> list[Problem]:
         for b in range(a + 1, len(fixed)):
             if fixed[a][1].overlaps(fixed[b][1]):
                 out.append(
-                    (("links", fixed[b][0], "subnet"), f"overlaps the subnet of link #{fixed[a][0]}")
+                    (
+                        ("links", fixed[b][0], "subnet"),
+                        f"overlaps the subnet of link #{fixed[a][0]}",
+                    )
                 )
     return out
 

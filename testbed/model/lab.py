@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from testbed.model.common import SCHEMA_VERSION, Name, StrictModel
+from testbed.model.common import Name, StrictModel
 
 DeviceKind = Literal[
     "network",
@@ -129,7 +129,7 @@ class CapturePoint(StrictModel):
 class Lab(StrictModel):
     """A lab inventory (``profiles/labs/*.yaml``)."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: Name
     description: str = ""
     address_pool: str = Field(default="10.201.0.0/16", description="Subnets are allocated here.")

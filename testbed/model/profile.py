@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from testbed.model.common import SCHEMA_VERSION, Name, StrictModel
+from testbed.model.common import Name, StrictModel
 
 StreamKind = Literal["probe"]
 
@@ -62,7 +62,9 @@ class Stream(StrictModel):
     rate_pps: float = Field(gt=0, le=100_000)
     payload_bytes: int = Field(default=64, ge=20, le=1472)
     dscp: int = Field(default=0, ge=0, le=63)
-    port: int | None = Field(default=None, ge=1024, le=65535, description="UDP port; auto if unset.")
+    port: int | None = Field(
+        default=None, ge=1024, le=65535, description="UDP port; auto if unset."
+    )
     start_s: float = Field(default=0.0, ge=0)
     stop_s: float | None = Field(default=None, gt=0, description="Default: the profile duration.")
 
@@ -112,7 +114,7 @@ class Kpi(StrictModel):
 class Profile(StrictModel):
     """A test profile (``profiles/*.yaml``)."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     name: Name
     description: str = ""
     duration_s: float = Field(gt=0, le=86_400)

@@ -189,7 +189,9 @@ class Index:
     def renew(self, run_id: str, ttl_s: float) -> int:
         with self.engine.begin() as conn:
             result = conn.execute(
-                update(leases).where(leases.c.run_id == run_id).values(expires_at=time.time() + ttl_s)
+                update(leases)
+                .where(leases.c.run_id == run_id)
+                .values(expires_at=time.time() + ttl_s)
             )
             return int(result.rowcount or 0)
 

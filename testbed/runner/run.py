@@ -124,8 +124,9 @@ class Runner:
     def _now(self) -> tuple[float, float]:
         return round(time.monotonic() - self._t0, 6), time.time()
 
-    def _emit(self, make: Callable[[float, float], ev.Event]) -> None:
-        event = make(*self._now())
+    def _emit(self, event_type: type[ev.Event], /, **fields: Any) -> None:
+        t_s, wall = self._now()
+        event = event_type(t_s=t_s, wall=wall, **fields)
         if self._record is not None:
             self._record.append_event(event.to_dict())
         for listener in self.listeners:
@@ -134,7 +135,7 @@ class Runner:
 
     def _device_emitter(self, device: str) -> Callable[[str, Mapping[str, Any]], None]:
         def emit(name: str, fields: Mapping[str, Any]) -> None:
-            self._emit(lambda t, w: ev.DeviceEvent(t, w, device, name, dict(fields)))
+            self._emit(ev.DeviceEvent, device=device, name=name, fields=dict(fields))
 
         return emit
 
@@ -156,9 +157,7 @@ class Runner:
         if not in_main:
             yield
             return
-        previous = {
-            s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)
-        }
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         previous[signal.SIGALRM] = signal.signal(signal.SIGALRM, self._on_alarm)
         signal.setitimer(signal.ITIMER_REAL, self.timeout_s)
         try:
@@ -199,24 +198,35 @@ class Runner:
         )
         index = Index(settings.database_url)
         index.put_run(
-            run_id=self.run_id, profile=self.plan.profile, lab=self.plan.lab, verdict="RUNNING",
-            status="running", started_at=started_at, ended_at=None, path=str(record.path.resolve()),
+            run_id=self.run_id,
+            profile=self.plan.profile,
+            lab=self.plan.lab,
+            verdict="RUNNING",
+            status="running",
+            started_at=started_at,
+            ended_at=None,
+            path=str(record.path.resolve()),
         )
         data = _RunData()
-        self._emit(lambda t, w: ev.RunStarted(t, w, self.run_id, self.plan.profile,
-                                              self.plan.lab, str(record.path)))
+        self._emit(
+            ev.RunStarted,
+            run_id=self.run_id,
+            profile=self.plan.profile,
+            lab=self.plan.lab,
+            run_dir=str(record.path),
+        )
         traffic_running: TrafficSource | None = None
         current_rep = 0
         with self._guarded():
             try:
                 try:
-                    self._emit(lambda t, w: ev.PhaseStarted(t, w, "setup"))
+                    self._emit(ev.PhaseStarted, phase="setup")
                     self._lease(index)
                     self._open_devices(state)
                     capture = self._start_captures(record)
                     for rep in range(1, self.plan.repetitions + 1):
                         current_rep = rep
-                        self._emit(lambda t, w, r=rep: ev.PhaseStarted(t, w, "measure", r))
+                        self._emit(ev.PhaseStarted, phase="measure", repetition=rep)
                         traffic = self._traffic()
                         t_rep = time.monotonic()
                         if traffic is not None and self.plan.streams:
@@ -244,7 +254,7 @@ class Runner:
                     record.write_text("crash.log", traceback.format_exc())
                 finally:
                     self._tearing_down = True
-                    self._emit(lambda t, w: ev.PhaseStarted(t, w, "teardown"))
+                    self._emit(ev.PhaseStarted, phase="teardown")
                     if traffic_running is not None:  # keep what arrived before the stop
                         try:
                             traffic_running.safe_state()  # stop sending now, not at the end
@@ -269,11 +279,17 @@ class Runner:
             return
 
         def waiting(lease: Any) -> None:
-            self._emit(lambda t, w: ev.LeaseWaiting(t, w, lease.device, lease.run_id, lease.holder))
+            self._emit(
+                ev.LeaseWaiting, device=lease.device, holder_run=lease.run_id, holder=lease.holder
+            )
 
         index.acquire(
-            keys, self.run_id, holder_name(os.getpid()), self.settings.lease_ttl_s,
-            wait_s=self.wait_s, on_wait=waiting,
+            keys,
+            self.run_id,
+            holder_name(os.getpid()),
+            self.settings.lease_ttl_s,
+            wait_s=self.wait_s,
+            on_wait=waiting,
         )
         ttl = self.settings.lease_ttl_s
 
@@ -304,7 +320,9 @@ class Runner:
             if isinstance(device, Network):
                 device.build(self.plan.topology())
                 network = device
-            self._emit(lambda t, w, p=planned: ev.DeviceOpened(t, w, p.name, p.kind, p.driver))
+            self._emit(
+                ev.DeviceOpened, device=planned.name, kind=planned.kind, driver=planned.driver
+            )
         return network
 
     def _start_captures(self, record: RunRecord) -> Capture | None:
@@ -315,7 +333,7 @@ class Runner:
             by_device.setdefault(c.device, []).append(CaptureSpec(c.name, c.node, c.ifname))
         if len(by_device) > 1:
             raise RunError("captures on more than one capture device are not supported yet")
-        (device_name, specs), = by_device.items()
+        ((device_name, specs),) = by_device.items()
         device = self._device(device_name)
         if not isinstance(device, Capture):
             raise RunError(f"device {device_name!r} is not a capture device")
@@ -366,18 +384,33 @@ class Runner:
             error = outcome.get("error")
             at_s = round(started - t_rep, 6)
             self._emit(
-                lambda t, w, e=event: ev.ActionExecuted(
-                    t, w, e.device, e.action, e.at_s, rep, error is None, round(took_ms, 3),
-                    error, outcome.get("details", {}),
-                )
+                ev.ActionExecuted,
+                device=event.device,
+                action=event.action,
+                planned_at_s=event.at_s,
+                repetition=rep,
+                ok=error is None,
+                duration_ms=round(took_ms, 3),
+                error=error,
+                details=outcome.get("details", {}),
             )
             data.actions.append(
-                {"t_s": at_s, "planned_at_s": event.at_s, "repetition": rep,
-                 "device": event.device, "action": event.action, "args": event.args,
-                 "ok": error is None, "error": error, "duration_ms": round(took_ms, 3)}
+                {
+                    "t_s": at_s,
+                    "planned_at_s": event.at_s,
+                    "repetition": rep,
+                    "device": event.device,
+                    "action": event.action,
+                    "args": event.args,
+                    "ok": error is None,
+                    "error": error,
+                    "duration_ms": round(took_ms, 3),
+                }
             )
             if error is not None:
-                raise RunError(f"{event.device}: {event.action} at {event.at_s:g} s failed: {error}")
+                raise RunError(
+                    f"{event.device}: {event.action} at {event.at_s:g} s failed: {error}"
+                )
 
     def _metrics(
         self, results: Sequence[StreamResult], rep: int, partial: bool = False
@@ -385,8 +418,15 @@ class Runner:
         kinds = {s.id: s.kind for s in self.plan.streams}
         entries = []
         for res in results:
-            metrics = stream_metrics(res.id, kinds.get(res.id, "probe"), res.seq, res.tx_ns,
-                                     res.rx_ns, res.sent, res.sent_window_ns)
+            metrics = stream_metrics(
+                res.id,
+                kinds.get(res.id, "probe"),
+                res.seq,
+                res.tx_ns,
+                res.rx_ns,
+                res.sent,
+                res.sent_window_ns,
+            )
             entry = metrics.to_dict()
             entry["repetition"] = rep
             entry["send_errors"] = res.send_errors
@@ -414,16 +454,20 @@ class Runner:
                 except Exception as exc:  # the contract says never raise; we still cope
                     ok, error = False, str(exc)
                     data.errors.append(f"{opened.name}: {step} failed: {exc}")
-                self._emit(lambda t, w, o=opened, s=step, k=ok, e=error:
-                           ev.TeardownStep(t, w, o.name, s, k, e))
+                self._emit(ev.TeardownStep, device=opened.name, step=step, ok=ok, error=error)
         try:
             leftovers = destroy(self.prefix + "-")
         except Exception as exc:
             data.errors.append(f"removing namespaces of {self.prefix}: {exc}")
         else:
             if leftovers:
-                self._emit(lambda t, w: ev.TeardownStep(t, w, "net", "remove-leftovers", True,
-                                                        f"removed {len(leftovers)} namespaces"))
+                self._emit(
+                    ev.TeardownStep,
+                    device="net",
+                    step="remove-leftovers",
+                    ok=True,
+                    error=f"removed {len(leftovers)} namespaces the drivers had left",
+                )
 
     def _finish(
         self, record: RunRecord, index: Index, data: _RunData, started_at: float
@@ -447,14 +491,19 @@ class Runner:
             "errors": data.errors,
             "signals": self._signals_seen,
         }
-        self._emit(lambda t, w: ev.RunFinished(t, w, verdict, list(data.errors)))
+        self._emit(ev.RunFinished, verdict=verdict, errors=list(data.errors))
         record.write(SUMMARY, summary)
         record.write_text("junit.xml", junit_xml(summary))
         record.update_manifest(status="complete", verdict=verdict, ended_at=ended_at)
         with contextlib.suppress(Exception):
             index.put_run(
-                run_id=self.run_id, profile=self.plan.profile, lab=self.plan.lab, verdict=verdict,
-                status="complete", started_at=started_at, ended_at=ended_at,
+                run_id=self.run_id,
+                profile=self.plan.profile,
+                lab=self.plan.lab,
+                verdict=verdict,
+                status="complete",
+                started_at=started_at,
+                ended_at=ended_at,
                 path=str(record.path.resolve()),
             )
         return summary
@@ -462,8 +511,13 @@ class Runner:
 
 def _capture_entries(results: Sequence[CaptureResult], run_dir: Path) -> list[dict[str, Any]]:
     return [
-        {"name": r.name, "file": str(r.path.relative_to(run_dir)), "packets": r.packets,
-         "dropped": r.dropped, "notes": r.notes}
+        {
+            "name": r.name,
+            "file": str(r.path.relative_to(run_dir)),
+            "packets": r.packets,
+            "dropped": r.dropped,
+            "notes": r.notes,
+        }
         for r in results
     ]
 

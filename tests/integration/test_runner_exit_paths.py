@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.results.index import Index
 from tests.integration.helpers import (
-    LAB,
     REPO,
     assert_clean,
     namespaces_with,
@@ -27,12 +27,18 @@ from tests.integration.helpers import (
     wait_for_event,
     write_profile,
 )
-from testbed.results.index import Index
 
 pytestmark = pytest.mark.netns
 
-RECORD_FILES = ("manifest.json", "profile.yaml", "lab.yaml", "plan.json", "events.jsonl",
-                "summary.json", "junit.xml")
+RECORD_FILES = (
+    "manifest.json",
+    "profile.yaml",
+    "lab.yaml",
+    "plan.json",
+    "events.jsonl",
+    "summary.json",
+    "junit.xml",
+)
 
 
 def _finish(proc: subprocess.Popen[str], timeout_s: float = 60) -> tuple[int, str, str]:
@@ -146,8 +152,12 @@ def test_sigkill_then_cleanup(tmp_path: Path, testbed_env: dict[str, str]) -> No
     assert index.all_leases(), "its leases are still held"
 
     cleanup = subprocess.run(
-        [sys.executable, "-m", "testbed.cli", "cleanup"], cwd=REPO, env=testbed_env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "testbed.cli", "cleanup"],
+        cwd=REPO,
+        env=testbed_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert cleanup.returncode == 0, cleanup.stderr
     assert "removed namespace" in cleanup.stdout
@@ -160,8 +170,12 @@ def test_sigkill_then_cleanup(tmp_path: Path, testbed_env: dict[str, str]) -> No
     assert not list(Path(testbed_env["TESTBED_STATE_DIR"]).glob("*.json"))
 
     again = subprocess.run(
-        [sys.executable, "-m", "testbed.cli", "cleanup"], cwd=REPO, env=testbed_env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "testbed.cli", "cleanup"],
+        cwd=REPO,
+        env=testbed_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert again.stdout.strip() == "nothing to clean up"
 
@@ -174,8 +188,9 @@ def test_held_device_fails_fast_or_waits(tmp_path: Path, testbed_env: dict[str, 
         code, out, err = _finish(second)
         assert code == 2, err
         assert "is leased by run" in out and "exit_paths" in out
-        waiting = start_run(write_profile(tmp_path / "c.yaml", duration_s=2), testbed_env,
-                            "--wait", "60", "--json")
+        waiting = start_run(
+            write_profile(tmp_path / "c.yaml", duration_s=2), testbed_env, "--wait", "60", "--json"
+        )
         code, out, err = _finish(waiting, timeout_s=90)
         assert code == 0, err
         assert json.loads(out)["verdict"] == "PASS"

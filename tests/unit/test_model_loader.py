@@ -567,9 +567,8 @@ def test_json_schema_export(model: type[Profile] | type[Lab]) -> None:
     assert schema["type"] == "object"
     assert schema["title"] == model.__name__
     assert "schema_version" in schema["properties"]
-    assert schema["properties"]["schema_version"].get("const") == 1 or schema["properties"][
-        "schema_version"
-    ].get("enum") == [1]
+    version = schema["properties"]["schema_version"]
+    assert version.get("const") == 1 or version.get("enum") == [1], version
     assert schema.get("additionalProperties") is False
     assert "name" in schema["required"]
 
