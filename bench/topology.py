@@ -118,9 +118,7 @@ class Sample:
 
 
 def star_spec(prefix: str, n: int) -> TopologySpec:
-    ports = tuple(
-        PortSpec(node_ns(prefix, i), "eth0", f"{node_address(i)}/16") for i in range(n)
-    )
+    ports = tuple(PortSpec(node_ns(prefix, i), "eth0", f"{node_address(i)}/16") for i in range(n))
     return TopologySpec(
         prefix=prefix,
         nodes=tuple(NodeSpec(node_ns(prefix, i)) for i in range(n)),
@@ -301,8 +299,12 @@ def measure(n: int, repeat: int) -> tuple[list[Sample], list[Sample]]:
         for method, into in order:
             into.append(method(n))
             time.sleep(settle_s(n))
-        print(f"  N={n} run {r + 1}/{repeat}: ours up {ours[-1].up_s:.3f} s, "
-              f"pyroute2 up {ref[-1].up_s:.3f} s", file=sys.stderr, flush=True)
+        print(
+            f"  N={n} run {r + 1}/{repeat}: ours up {ours[-1].up_s:.3f} s, "
+            f"pyroute2 up {ref[-1].up_s:.3f} s",
+            file=sys.stderr,
+            flush=True,
+        )
     return ours, ref
 
 
@@ -338,8 +340,12 @@ def report(results: dict[int, tuple[list[Sample], list[Sample]]], repeat: int) -
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--sizes", type=parse_sizes, default=list(DEFAULT_SIZES),
-                        help="comma-separated node counts (default 10,50,200; 1100 also works)")
+    parser.add_argument(
+        "--sizes",
+        type=parse_sizes,
+        default=list(DEFAULT_SIZES),
+        help="comma-separated node counts (default 10,50,200; 1100 also works)",
+    )
     parser.add_argument("--repeat", type=int, default=3, help="runs per size and method")
     args = parser.parse_args(argv)
     if args.repeat < 1:

@@ -12,7 +12,7 @@ import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from testbed.errors import ConfigError, TestbedError
 
@@ -208,8 +208,16 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors are invalid input: exit 3, not argparse's 2 (which means ERROR here)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_INVALID, f"{self.prog}: error: {message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="testbed",
         description="Hardware-in-the-loop testbed controller for mission-critical "
         "communications labs.",

@@ -330,7 +330,12 @@ def _address_links(lab: Lab, problems: _Problems) -> tuple[list[PlannedSegment],
     end = int(pool.broadcast_address) + 1
     segments: list[PlannedSegment] = []
     addresses: dict[str, str] = {}
-    ifcount: dict[str, int] = {}
+    used_ifnames: dict[str, set[str]] = {}
+    for link in lab.links:  # explicit names first: automatic ones must step around them
+        for e in link.endpoints:
+            if e.ifname:
+                used_ifnames.setdefault(e.node, set()).add(e.ifname)
+    named: set[tuple[str, str]] = set()
     for i, link in enumerate(lab.links):
         if link.subnet:
             subnet = ipaddress.IPv4Network(link.subnet)
@@ -350,19 +355,34 @@ def _address_links(lab: Lab, problems: _Problems) -> tuple[list[PlannedSegment],
             cursor += size
         hosts = subnet.hosts()
         explicit = {e.address.split("/")[0] for e in link.endpoints if e.address}
+        seen_addresses: set[str] = set()
         ports = []
         for j, end_point in enumerate(link.endpoints):
-            ifname = end_point.ifname or f"eth{ifcount.get(end_point.node, 0)}"
-            ifcount[end_point.node] = ifcount.get(end_point.node, 0) + 1
+            where = ("links", i, "endpoints", j)
+            ifname = end_point.ifname or _free_ifname(used_ifnames, end_point.node)
+            if (end_point.node, ifname) in named:
+                problems.add(
+                    "lab", (*where, "ifname"), f"node {end_point.node!r} already has {ifname!r}"
+                )
+            named.add((end_point.node, ifname))
             if end_point.address:
                 iface = ipaddress.IPv4Interface(end_point.address)
                 if iface.ip not in subnet:
                     problems.add(
                         "lab",
-                        ("links", i, "endpoints", j, "address"),
+                        (*where, "address"),
                         f"{end_point.address} is outside the link's subnet {subnet}",
                     )
+                elif iface.ip in (subnet.network_address, subnet.broadcast_address):
+                    problems.add(
+                        "lab",
+                        (*where, "address"),
+                        f"{iface.ip} is the network or broadcast address of {subnet}",
+                    )
+                elif str(iface.ip) in seen_addresses:
+                    problems.add("lab", (*where, "address"), f"{iface.ip} is used twice")
                 address = str(iface.ip)
+                seen_addresses.add(address)
             else:
                 address = next(str(h) for h in hosts if str(h) not in explicit)
             ports.append(PlannedPort(node=end_point.node, ifname=ifname, address=address))
@@ -382,6 +402,16 @@ def _address_links(lab: Lab, problems: _Problems) -> tuple[list[PlannedSegment],
             )
         )
     return segments, addresses
+
+
+def _free_ifname(used: dict[str, set[str]], node: str) -> str:
+    """The first ``ethN`` of the node that no port uses yet; marks it used."""
+    taken = used.setdefault(node, set())
+    n = 0
+    while f"eth{n}" in taken:
+        n += 1
+    taken.add(f"eth{n}")
+    return f"eth{n}"
 
 
 def _routes(lab: Lab, segments: list[PlannedSegment]) -> list[PlannedRoute]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,40 +73,78 @@ def parse_yaml(path: Path) -> Source:
         raise ConfigError([f"{path}:{line}: not valid YAML: {reason}"]) from None
     if root is None:
         raise ConfigError([f"{path}:1: the file is empty"])
-    lines: dict[PathKey, int] = {}
-    problems: list[str] = []
-    data = _convert(root, (), lines, problems, path)
-    if problems:
-        raise ConfigError(problems)
-    return Source(path, data, lines)
+    converter = _Converter(path)
+    data = converter.convert(root, ())
+    if converter.problems:
+        raise ConfigError(converter.problems)
+    return Source(path, data, converter.lines)
 
 
-def _convert(
-    node: yaml.Node, loc: PathKey, lines: dict[PathKey, int], problems: list[str], path: Path
-) -> Any:
-    lines[loc] = node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+class _Converter:
+    """YAML nodes to plain data, recording the line of every value on the way.
+
+    Problems (duplicate keys, unknown tags, recursive aliases, non-finite numbers) are
+    collected rather than raised, so one pass reports them all.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.lines: dict[PathKey, int] = {}
+        self.problems: list[str] = []
+        self._active: set[int] = set()  # nodes being converted: an alias back to one loops
+
+    def _problem(self, node: yaml.Node, loc: PathKey, message: str) -> None:
+        where = format_loc(loc) or "(document)"
+        self.problems.append(f"{self.path}:{node.start_mark.line + 1}: {where}: {message}")
+
+    def convert(self, node: yaml.Node, loc: PathKey) -> Any:
+        self.lines.setdefault(loc, node.start_mark.line + 1)
+        if id(node) in self._active:
+            self._problem(node, loc, "recursive YAML alias")
+            return None
+        self._active.add(id(node))
+        try:
+            if isinstance(node, yaml.MappingNode):
+                return self._mapping(node, loc)
+            if isinstance(node, yaml.SequenceNode):
+                return [self.convert(item, (*loc, i)) for i, item in enumerate(node.value)]
+            return self._scalar(node, loc)
+        finally:
+            self._active.discard(id(node))
+
+    def _mapping(self, node: yaml.MappingNode, loc: PathKey) -> dict[str, Any]:
         out: dict[str, Any] = {}
+        merged: dict[str, Any] = {}
         for key_node, value_node in node.value:
-            key = yaml.safe_load(yaml.serialize(key_node)) if key_node.value != "<<" else "<<"
-            if not isinstance(key, str):
-                key = str(key)
-            if key in out:
-                line = key_node.start_mark.line + 1
-                where = format_loc((*loc, key))
-                problems.append(f"{path}:{line}: {where}: duplicate key")
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                # `<<: *base` (or a list of bases): keys of this mapping win over merged ones
+                value = self.convert(value_node, loc)
+                bases = value if isinstance(value, list) else [value]
+                for base in bases:
+                    if isinstance(base, dict):
+                        merged = {**base, **merged}
+                    else:
+                        self._problem(value_node, loc, "a merge key (<<) needs a mapping")
                 continue
-            out[key] = _convert(value_node, (*loc, key), lines, problems, path)
-            lines[(*loc, key)] = key_node.start_mark.line + 1
-        return out
-    if isinstance(node, yaml.SequenceNode):
-        return [
-            _convert(item, (*loc, i), lines, problems, path) for i, item in enumerate(node.value)
-        ]
-    value = yaml.safe_load(yaml.serialize(node))
-    if isinstance(value, float) and not math.isfinite(value):
-        problems.append(f"{path}:{lines[loc]}: {format_loc(loc)}: numbers must be finite")
-    return value
+            key = self._scalar(key_node, loc)
+            key = key if isinstance(key, str) else str(key)
+            if key in out:
+                self._problem(key_node, (*loc, key), "duplicate key")
+                continue
+            self.lines[(*loc, key)] = key_node.start_mark.line + 1
+            out[key] = self.convert(value_node, (*loc, key))
+        return {**merged, **out}
+
+    def _scalar(self, node: yaml.Node, loc: PathKey) -> Any:
+        try:
+            value = yaml.safe_load(yaml.serialize(node))
+        except yaml.YAMLError as exc:
+            reason = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            self._problem(node, loc, f"not valid YAML here: {reason}")
+            return None
+        if isinstance(value, float) and not math.isfinite(value):
+            self._problem(node, loc, "numbers must be finite")
+        return value
 
 
 def validate(source: Source, model: type[M]) -> M:
@@ -113,13 +152,55 @@ def validate(source: Source, model: type[M]) -> M:
     try:
         return model.model_validate_json(json.dumps(source.data, default=str))
     except ValidationError as exc:
+        errors = [
+            (_data_loc(source.data, err["loc"]), err) for err in exc.errors(include_url=False)
+        ]
         problems = []
-        for err in exc.errors(include_url=False):
-            loc = [p for p in err["loc"] if isinstance(p, str | int)]
-            # pydantic appends the union member tried (e.g. "function-before[...]"); drop it
-            loc = [p for p in loc if not (isinstance(p, str) and "[" in p)]
+        for loc, err in errors:
+            # A bad item is dropped before a minimum length is checked; the length error
+            # that follows would only repeat the item's own problem.
+            if err["type"] == "too_short" and any(
+                other is not err and tuple(o[: len(loc)]) == tuple(loc) and len(o) > len(loc)
+                for o, other in errors
+            ):
+                continue
             problems.append(source.problem(loc, _message(err)))
         raise ConfigError(problems) from None
+
+
+def _data_loc(data: Any, loc: Sequence[Any]) -> list[str | int]:
+    """The part of a pydantic error location that names something in (or for) the file.
+
+    pydantic inserts validator and union member names (``function-before[...]``) into
+    locations; they are dropped. A key that is missing from the data (a required field)
+    is kept: it is what the user must write.
+    """
+    out: list[str | int] = []
+    node = data
+    for part in loc:
+        child = _child(node, part)
+        if child is not _ABSENT:
+            node = child
+        elif isinstance(part, str) and not isinstance(node, list) and not _INTERNAL.match(part):
+            node = None  # a field missing from a mapping, or inside a shorthand string
+        else:
+            continue
+        out.append(part)
+    return out
+
+
+_ABSENT = object()
+
+
+def _child(node: Any, part: Any) -> Any:
+    if isinstance(node, dict) and isinstance(part, str) and part in node:
+        return node[part]
+    if isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+        return node[part]
+    return _ABSENT
+
+
+_INTERNAL = re.compile(r"^[a-z][a-z-]*\[.*\]$")
 
 
 def _message(err: Any) -> str:

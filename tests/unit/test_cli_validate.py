@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
 from testbed.cli import EXIT_INVALID, EXIT_PASS, main
 
@@ -228,12 +227,6 @@ def test_console_script_exits_3_without_traceback(tmp_path: Path) -> None:
     assert all(line.startswith(f"{path}:") for line in done.stderr.splitlines())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=yaml.YAMLError,
-    reason="BUG: an unknown YAML tag escapes `testbed validate` as a yaml ConstructorError "
-    "traceback instead of exit code 3",
-)
 def test_validate_unknown_tag_exits_3(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path, "name: p\nduration_s: !!python/name:os.system 10\n")
     code, _, err = run(["validate", str(path)], capsys)

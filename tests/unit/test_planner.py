@@ -682,13 +682,6 @@ def test_routes_prefer_the_shorter_path() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG: plan._address_links numbers automatic interface names per node without "
-    "skipping explicit ones, so 'a:eth1' on one link and an unnamed port of a on the next "
-    "link both become eth1",
-)
 def test_automatic_interface_names_avoid_explicit_ones() -> None:
     lab = lab_of(
         name="l",
@@ -703,11 +696,6 @@ def test_automatic_interface_names_avoid_explicit_ones() -> None:
     assert len(names) == len(set(names)), names
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: explicit endpoint addresses are only checked to lie inside the subnet: "
-    "duplicates and the network/broadcast address are planned without a problem",
-)
 @pytest.mark.parametrize(
     ("first", "second"),
     [("10.9.0.1/29", "10.9.0.1/29"), ("10.9.0.0/29", None), ("10.9.0.7/29", None)],
