@@ -126,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
         return EXIT_ERROR
     settings = Settings.from_env(args.results)
-    progress = Progress(sys.stderr, total_s=plan.duration_s * plan.repetitions)
+    progress = Progress(sys.stderr, plan.duration_s * plan.repetitions, plan.repetitions)
     runner = Runner(
         plan,
         settings,
@@ -136,8 +136,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         listeners=[progress],
     )
-    outcome = runner.run()
-    progress.close()
+    try:
+        outcome = runner.run()
+    finally:
+        progress.close()
     if args.json:
         print(json.dumps(outcome.summary, indent=2))
     else:

@@ -6,6 +6,7 @@ notable event is one plain line, so logs stay readable.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Mapping
 from typing import Any, TextIO
@@ -14,26 +15,45 @@ from testbed.runner import events as ev
 
 
 class Progress:
-    def __init__(self, out: TextIO, total_s: float) -> None:
+    """Listener of run events. On a terminal a ticker redraws the line while measuring."""
+
+    def __init__(self, out: TextIO, total_s: float, repetitions: int = 1) -> None:
         self.out = out
         self.total_s = total_s
+        self.repetitions = repetitions
         self.tty = out.isatty()
         self._measure_t0: float | None = None
         self._rep = 1
         self._last = ""
         self._drawn = False
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        if self.tty:
+            threading.Thread(target=self._tick, name="progress", daemon=True).start()
 
     def __call__(self, event: ev.Event) -> None:
         line = self._describe(event)
         if line is None:
             return
-        if self.tty:
-            self._last = line
-            self.out.write("\r\x1b[2K" + line)
-            self._drawn = True
-        else:
-            self.out.write(f"[{event.t_s:8.3f}s] {line}\n")
+        with self._lock:
+            if self.tty:
+                self._last = line
+                self._draw()
+            else:
+                self.out.write(f"[{event.t_s:8.3f}s] {line}\n")
+                self.out.flush()
+
+    def _draw(self) -> None:
+        clock = self._clock()
+        self.out.write("\r\x1b[2K" + (f"{clock} " if clock else "") + self._last)
         self.out.flush()
+        self._drawn = True
+
+    def _tick(self) -> None:
+        while not self._stop.wait(0.25):
+            with self._lock:
+                if self._measure_t0 is not None:
+                    self._draw()
 
     def _describe(self, event: ev.Event) -> str | None:
         if isinstance(event, ev.RunStarted):
@@ -42,7 +62,8 @@ class Progress:
             if event.phase == "measure":
                 self._measure_t0 = time.monotonic()
                 self._rep = event.repetition or 1
-                return f"measuring (repetition {self._rep})"
+                return f"measuring (repetition {self._rep} of {self.repetitions})"
+            self._measure_t0 = None
             return f"{event.phase}"
         if isinstance(event, ev.LeaseWaiting):
             return f"waiting for {event.device}, leased by run {event.holder_run} ({event.holder})"
@@ -50,10 +71,7 @@ class Progress:
             return f"opened {event.device} ({event.kind}/{event.driver})"
         if isinstance(event, ev.ActionExecuted):
             status = "ok" if event.ok else f"FAILED: {event.error}"
-            return (
-                f"{self._clock()} {event.device}.{event.action} "
-                f"(planned {event.planned_at_s:g} s) {status}"
-            )
+            return f"{event.device}.{event.action} (at {event.planned_at_s:g} s) {status}"
         if isinstance(event, ev.DeviceEvent) and event.name.endswith(("built", "started")):
             return f"{event.device}: {event.name} {_fields(event.fields)}"
         if isinstance(event, ev.TeardownStep) and not event.ok:
@@ -63,12 +81,14 @@ class Progress:
         return None
 
     def _clock(self) -> str:
-        if self._measure_t0 is None:
+        if self._measure_t0 is None or not self.tty:
             return ""
-        done = (self._rep - 1) * (self.total_s / max(self._rep, 1))
-        return f"[{time.monotonic() - self._measure_t0 + done:6.1f}/{self.total_s:g} s]"
+        per_rep = self.total_s / self.repetitions
+        done = (self._rep - 1) * per_rep + min(time.monotonic() - self._measure_t0, per_rep)
+        return f"[{done:6.1f}/{self.total_s:g} s]"
 
     def close(self) -> None:
+        self._stop.set()
         if self.tty and self._drawn:
             self.out.write("\n")
             self.out.flush()
