@@ -67,6 +67,7 @@ def ready_timeout_s(n: int) -> float:
     """``wait_ready`` polls with one ``ip -n`` per namespace, ~14 ms each at 1100 namespaces."""
     return 10.0 + 0.05 * n
 
+
 _counter = itertools.count(1)
 _used_prefixes: list[str] = []
 
@@ -241,8 +242,8 @@ class Pyroute2Star:
                 if ipr.link("get", index=index)[0].get("IFLA_OPERSTATE") != "UP"
             ]
             if not switch_ready:
-                switch_ready = all(
-                    link.get("IFLA_OPERSTATE") == "UP"
+                switch_ready = all(  # as in wait_ready: UNKNOWN (a bridge, say) counts too
+                    link.get("IFLA_OPERSTATE") in ("UP", "UNKNOWN")
                     for link in sw.get_links()
                     if link.get("ifname") != "lo"
                 )
@@ -307,8 +308,9 @@ def attempt(method: Callable[[int], Sample], n: int) -> Sample:
         except Exception as exc:
             if tries_left == 0:
                 raise
-            print(f"  N={n} {method.__name__} failed ({exc}); retrying",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  N={n} {method.__name__} failed ({exc}); retrying", file=sys.stderr, flush=True
+            )
             time.sleep(settle_s(n))
         else:
             time.sleep(settle_s(n))

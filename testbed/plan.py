@@ -238,7 +238,10 @@ def make_plan(
             problems.add("profile", ("timeline", i, "at_s"), "lies after the end (duration_s)")
         dev = device_names.get(name)
         if dev is not None:
-            actions = catalog(dev.kind, dev.driver)
+            try:
+                actions = catalog(dev.kind, dev.driver)
+            except ConfigError:
+                actions = None  # already reported with the device
             if actions is not None and ev.action not in actions:
                 known = ", ".join(sorted(actions)) or "none"
                 problems.add(
@@ -306,7 +309,12 @@ def make_plan(
 def _devices(lab: Lab, catalog: ActionCatalog, problems: _Problems) -> list[PlannedDevice]:
     out = []
     for i, dev in enumerate(lab.devices):
-        if catalog(dev.kind, dev.driver) is None:
+        try:
+            known = catalog(dev.kind, dev.driver) is not None
+        except ConfigError as exc:
+            problems.add("lab", ("devices", i, "driver"), "; ".join(exc.problems))
+            known = True  # reported; do not also say it does not exist
+        if not known:
             problems.add(
                 "lab", ("devices", i, "driver"), f"no driver {dev.driver!r} for kind {dev.kind!r}"
             )

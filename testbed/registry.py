@@ -42,7 +42,7 @@ def driver_class(kind: str, driver: str) -> type[Device]:
     module_name, _, attr = target.partition(":")
     try:
         cls = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
+    except Exception as exc:  # a broken driver module is a configuration problem
         raise ConfigError([f"driver {kind}/{driver} ({target}) cannot be loaded: {exc}"]) from exc
     if not (isinstance(cls, type) and issubclass(cls, Device)):
         raise ConfigError([f"driver {kind}/{driver} ({target}) is not a Device class"])

@@ -42,6 +42,12 @@ def _within(kpi: PlannedKpi, value: float) -> bool:
     return (kpi.max is None or value <= kpi.max) and (kpi.min is None or value >= kpi.min)
 
 
+def _distance_outside(kpi: PlannedKpi, value: float) -> float:
+    above = value - kpi.max if kpi.max is not None else 0.0
+    below = kpi.min - value if kpi.min is not None else 0.0
+    return max(above, below, 0.0)
+
+
 def evaluate(
     kpis: Sequence[PlannedKpi], streams: Sequence[Mapping[str, Any]]
 ) -> list[dict[str, Any]]:
@@ -71,7 +77,7 @@ def evaluate(
         else:
             failing = [v for v in known if not _within(kpi, v)]
             if failing:
-                worst = failing[0]
+                worst = max(failing, key=lambda v: _distance_outside(kpi, v))
             elif kpi.max is not None:
                 worst = max(known)
             else:

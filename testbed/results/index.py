@@ -29,7 +29,7 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from testbed.errors import LeaseError, StoreError
 
@@ -81,7 +81,14 @@ class Index:
             self.engine: Engine = create_engine(url, future=True, **_engine_args(url))
             if url.startswith("sqlite"):
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            metadata.create_all(self.engine)
+            for attempt in range(10):
+                try:
+                    metadata.create_all(self.engine)
+                    break
+                except OperationalError as exc:
+                    # another controller created a table between our check and our CREATE
+                    if "already exists" not in str(exc) or attempt == 9:
+                        raise
         except SQLAlchemyError as exc:
             raise StoreError(f"run index {url}: {exc}") from exc
 

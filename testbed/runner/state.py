@@ -69,6 +69,8 @@ class RunState:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> RunState:
+        if not isinstance(data, dict):
+            raise TypeError("a state file holds a JSON object")
         procs = [TrackedProcess(**p) for p in data.get("processes", [])]
         return cls(
             run_id=data["run_id"],
@@ -118,6 +120,6 @@ def read_states(state_dir: Path) -> list[tuple[Path, RunState | None]]:
     for path in sorted(state_dir.glob("*.json")):
         try:
             out.append((path, RunState.from_dict(json.loads(path.read_text()))))
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             out.append((path, None))
     return out
