@@ -3,8 +3,8 @@
 A run's state file names its controller, its namespace prefix and its processes. When the
 controller is gone, its processes are killed (checked against their start time, so a
 reused pid is never hit), its namespaces (and anything still running inside them) are
-removed, its leases are released and its run record is marked as crashed. Namespaces
-with our prefix pattern that no live run claims are removed as well.
+removed, its leases are released and its run record is marked as crashed. On request,
+namespaces with our prefix pattern that no live run claims are removed as well.
 """
 
 from __future__ import annotations
@@ -24,8 +24,13 @@ from testbed.runner.state import PREFIX_RE, RunState, process_alive, read_states
 from testbed.settings import Settings
 
 
-def cleanup(settings: Settings, include_live: bool = False) -> list[str]:
-    """Clean up dead runs; returns one line per thing removed or repaired."""
+def cleanup(settings: Settings, include_live: bool = False, orphans: bool = False) -> list[str]:
+    """Clean up dead runs; returns one line per thing removed or repaired.
+
+    ``orphans`` also removes namespaces named like ours that no state file of this state
+    directory claims. It is off by default: another controller with its own state
+    directory (a test, a benchmark) may own them and be alive.
+    """
     report: list[str] = []
     live_prefixes: set[str] = set()
     index: Index | None = None
@@ -41,15 +46,15 @@ def cleanup(settings: Settings, include_live: bool = False) -> list[str]:
             continue
         report += _clean_run(state, index)
         path.unlink(missing_ok=True)
-    pattern = re.compile(PREFIX_RE)
-    orphans = [
-        n
-        for n in list_namespaces("tb")
-        if pattern.match(n) and n.split("-", 1)[0] not in live_prefixes
-    ]
     if orphans:
-        removed = destroy("tb", orphans)
-        report += [f"removed orphan namespace {n}" for n in removed]
+        pattern = re.compile(PREFIX_RE)
+        unclaimed = [
+            n
+            for n in list_namespaces("tb")
+            if pattern.match(n) and n.split("-", 1)[0] not in live_prefixes
+        ]
+        if unclaimed:
+            report += [f"removed orphan namespace {n}" for n in destroy("tb", unclaimed)]
     if index is not None:
         report += _release_dead_local_leases(index, settings)
         index.close()

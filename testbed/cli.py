@@ -202,7 +202,7 @@ def cmd_cleanup(args: argparse.Namespace) -> int:
     from testbed.settings import Settings
 
     settings = Settings.from_env(args.results)
-    report = cleanup(settings, include_live=args.force)
+    report = cleanup(settings, include_live=args.force, orphans=args.orphans)
     for line in report:
         print(line)
     if not report:
@@ -281,6 +281,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", metavar="DIR")
     p.add_argument(
         "--force", action="store_true", help="also clean up runs whose controller is still alive"
+    )
+    p.add_argument(
+        "--orphans",
+        action="store_true",
+        help="also remove tb<hex>- namespaces that no state file claims",
     )
     p.set_defaults(func=cmd_cleanup)
     return parser

@@ -9,6 +9,7 @@ themselves once they expire, and ``testbed cleanup`` frees them at once.
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -81,14 +82,17 @@ class Index:
             self.engine: Engine = create_engine(url, future=True, **_engine_args(url))
             if url.startswith("sqlite"):
                 event.listen(self.engine, "connect", _sqlite_pragmas)
-            for attempt in range(10):
+            for attempt in range(50):
                 try:
                     metadata.create_all(self.engine)
                     break
                 except OperationalError as exc:
-                    # another controller created a table between our check and our CREATE
-                    if "already exists" not in str(exc) or attempt == 9:
+                    # Another controller created a table between our check and our CREATE,
+                    # or holds the lock SQLite will not wait for (a read lock upgrading).
+                    racing = "already exists" in str(exc) or "locked" in str(exc)
+                    if not racing or attempt == 49:
                         raise
+                    time.sleep(0.02)
         except SQLAlchemyError as exc:
             raise StoreError(f"run index {url}: {exc}") from exc
 
@@ -229,7 +233,19 @@ def _engine_args(url: str) -> dict[str, Any]:
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    """WAL lets readers and a writer work at once; the busy timeout makes writers queue.
+
+    Switching to WAL needs a moment of exclusive access and does not wait for it, so
+    controllers opening a fresh database together retry it.
+    """
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    for attempt in range(100):
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            break
+        except sqlite3.OperationalError:
+            if attempt == 99:
+                raise
+            time.sleep(0.01)
     cursor.close()

@@ -462,7 +462,8 @@ def test_cleanup_removes_orphan_namespaces_only(
         "tbzzzzzz-a",  # not our naming pattern
         "lab-ns",
     ]
-    report = cleanup(settings)
+    assert cleanup(settings) == [], "orphans are only removed on request"
+    report = cleanup(settings, orphans=True)
     assert sorted(report) == [
         "removed orphan namespace tb0dd000-a",
         "removed orphan namespace tb0dd000-sw",
