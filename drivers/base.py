@@ -32,6 +32,10 @@ class NodeAccess(Protocol):
         """The node's primary IPv4 address, reachable from every other node."""
         ...
 
+    def link_command(self, link: str, argv: Sequence[str]) -> list[str]:
+        """The argv that runs ``argv`` in the wire of an impaired link (ports a and b)."""
+        ...
+
 
 class ProcessTracker(Protocol):
     def track(self, proc: subprocess.Popen[bytes], role: str) -> None:
@@ -91,6 +95,54 @@ class Network(Device, NodeAccess):
     @abstractmethod
     def build(self, topology: Mapping[str, Any]) -> None:
         """Bring the network up from the planned topology (nodes, segments, routes)."""
+
+
+DIRECTIONS = ("forward", "reverse", "both")
+"""Impairment directions: ``forward`` runs from a link's first endpoint to its second."""
+
+
+class Impairment(Device):
+    """Something in the path of links that delays, drops, duplicates or limits packets."""
+
+    kind = "impairment"
+    actions = frozenset({"set", "clear", "outage_start", "outage_end"})
+
+    @abstractmethod
+    def attach(self, links: Sequence[str]) -> None:
+        """Take charge of these links (the lab says which links this device impairs)."""
+
+    @abstractmethod
+    def apply(self, link: str, direction: str, params: Mapping[str, Any]) -> None:
+        """Set the conditions of one direction (or both) of a link."""
+
+    @abstractmethod
+    def clear(self, link: str | None = None) -> None:
+        """Back to no impairment, on one link or all of them."""
+
+    def perform(self, action: str, args: Mapping[str, Any]) -> Mapping[str, Any]:
+        """Timeline actions: ``set`` (link, direction, parameters), ``clear`` (link),
+        ``outage_start``/``outage_end`` (link, direction)."""
+        values = dict(args)
+        link = values.pop("link", None)
+        direction = str(values.pop("direction", "both"))
+        if direction not in DIRECTIONS:
+            raise DriverError(self.name, f"{action}: direction must be one of {DIRECTIONS}")
+        if action == "clear":
+            self.clear(None if link is None else str(link))
+            return {"link": link}
+        if not isinstance(link, str):
+            raise DriverError(self.name, f"{action}: give the link")
+        if action == "set":
+            self.apply(link, direction, values)
+        elif action in ("outage_start", "outage_end"):
+            self.set_outage(link, direction, action == "outage_start")
+        else:
+            return super().perform(action, args)
+        return {"link": link, "direction": direction, **values}
+
+    @abstractmethod
+    def set_outage(self, link: str, direction: str, on: bool) -> None:
+        """Drop everything (on) or return to the configured conditions (off)."""
 
 
 @dataclass(frozen=True)

@@ -124,6 +124,22 @@ def print_verdict_table(out: TextIO, summary: Mapping[str, Any]) -> None:
                 f"{_num(owd.get('p50')):>8} {_num(owd.get('p95')):>8} "
                 f"{_num(s.get('jitter_ms')):>8} {_num(s.get('max_gap_ms')):>11}\n"
             )
+    sweep = summary.get("sweep", [])
+    if sweep:
+        keys = [k for k in sweep[0] if k.startswith("impairments[")]
+        names = [k.split(".", 1)[1] for k in keys]
+        out.write(
+            "  SWEEP "
+            + " ".join(f"{n:>14}" for n in names)
+            + f" {'STREAM':<18} {'LOSS%':>7} {'P50 ms':>9} {'P95 ms':>9} {'JITTER':>8}\n"
+        )
+        for row in sweep:
+            values = " ".join(f"{row[k]:>14g}" for k in keys)
+            out.write(
+                f"  {row['point']:>5} {values} {row['stream']:<18} {row['loss_pct']:>7.2f} "
+                f"{_num(row['owd_p50_ms']):>9} {_num(row['owd_p95_ms']):>9} "
+                f"{_num(row['jitter_ms']):>8}\n"
+            )
     for error in summary.get("errors", []):
         out.write(f"  error: {error}\n")
 

@@ -9,15 +9,17 @@ nothing is touched, so ``testbed plan`` is always safe to run.
 from __future__ import annotations
 
 import ipaddress
+import itertools
+import json
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from testbed.errors import ConfigError
 from testbed.model.lab import Device, Lab, Node
-from testbed.model.profile import Profile
+from testbed.model.profile import Impairment, Profile
 
 DEFAULT_PROBE_PORT = 40000
 
@@ -87,6 +89,14 @@ class PlannedCapture(_PlanModel):
     device: str
 
 
+class PlannedPoint(_PlanModel):
+    """One combination of a sweep: the swept values and the impairments that result."""
+
+    index: int
+    settings: dict[str, float]
+    impairments: tuple[dict[str, Any], ...]
+
+
 class PlannedKpi(_PlanModel):
     name: str
     stream: str
@@ -110,6 +120,7 @@ class Plan(_PlanModel):
     devices: tuple[PlannedDevice, ...]
     streams: tuple[PlannedStream, ...]
     impairments: tuple[dict[str, Any], ...]
+    points: tuple[PlannedPoint, ...]
     timeline: tuple[PlannedEvent, ...]
     captures: tuple[PlannedCapture, ...]
     kpis: tuple[PlannedKpi, ...]
@@ -226,7 +237,15 @@ def make_plan(
                 f"link {imp.link!r} has no impairment device in this lab",
             )
         else:
-            impairments.append({"device": seg.impaired_by, **imp.model_dump()})
+            impairments.append(
+                {
+                    "device": seg.impaired_by,
+                    "link": imp.link,
+                    "direction": imp.direction,
+                    "params": imp.engine_params(),
+                }
+            )
+    sweep_points = _sweep_points(profile, impairments, problems)
 
     timeline = []
     for i, ev in enumerate(profile.timeline):
@@ -300,10 +319,55 @@ def make_plan(
         devices=tuple(devices),
         streams=tuple(streams),
         impairments=tuple(impairments),
+        points=tuple(sweep_points),
         timeline=tuple(timeline),
         captures=tuple(captures),
         kpis=tuple(kpis),
     )
+
+
+MAX_SWEEP_POINTS = 10_000
+
+
+def _sweep_points(
+    profile: Profile, impairments: list[dict[str, Any]], problems: _Problems
+) -> list[PlannedPoint]:
+    """Every combination of the sweep axes (one point, the profile as written, if none)."""
+    axes = []
+    for i, axis in enumerate(profile.sweep):
+        if axis.impairment >= len(profile.impairments):
+            problems.add(
+                "profile",
+                ("sweep", i, "impairment"),
+                f"there is no impairment #{axis.impairment} "
+                f"(the profile has {len(profile.impairments)})",
+            )
+            continue
+        base = profile.impairments[axis.impairment].model_dump()
+        for j, value in enumerate(axis.values):
+            try:  # each swept value must be a valid impairment, as if written in the file
+                Impairment.model_validate_json(json.dumps(base | {axis.parameter: value}))
+            except ValidationError as exc:
+                message = exc.errors(include_url=False)[0]["msg"]
+                problems.add("profile", ("sweep", i, "values", j), message)
+        axes.append(axis)
+    if len(impairments) != len(profile.impairments):
+        return []  # already reported: a sweep over unplanned impairments means nothing
+    count = 1
+    for axis in axes:
+        count *= len(axis.values)
+    if count > MAX_SWEEP_POINTS:
+        problems.add("profile", ("sweep",), f"{count} points; at most {MAX_SWEEP_POINTS}")
+        return []
+    points = []
+    for index, combo in enumerate(itertools.product(*(axis.values for axis in axes))):
+        planned = [dict(imp, params=dict(imp["params"])) for imp in impairments]
+        settings: dict[str, float] = {}
+        for axis, value in zip(axes, combo, strict=True):
+            planned[axis.impairment]["params"][axis.parameter] = value
+            settings[f"impairments[{axis.impairment}].{axis.parameter}"] = value
+        points.append(PlannedPoint(index=index, settings=settings, impairments=tuple(planned)))
+    return points
 
 
 def _devices(lab: Lab, catalog: ActionCatalog, problems: _Problems) -> list[PlannedDevice]:

@@ -55,12 +55,23 @@ class PortSpec:
 
 @dataclass(frozen=True)
 class SegmentSpec:
-    """A layer-2 segment: a veth pair for two ports, a bridge in ``switch_ns`` for more."""
+    """A layer-2 segment: a veth pair for two ports, a bridge in ``switch_ns`` for more.
+
+    With ``middle_ns`` a two-port segment runs through a namespace of its own instead, with
+    ports ``a`` (towards the first port) and ``b`` (towards the second): the place where an
+    impairment engine sits in the wire. Nothing forwards between ``a`` and ``b`` until
+    that engine runs.
+    """
 
     name: str
     ports: tuple[PortSpec, ...]
     switch_ns: str | None = None
     mtu_bytes: int = 1500
+    middle_ns: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.middle_ns is not None and (self.switch_ns is not None or len(self.ports) != 2):
+            raise ValueError(f"segment {self.name}: a middle namespace needs exactly two ports")
 
 
 @dataclass(frozen=True)
@@ -162,6 +173,16 @@ def _segment_lines(
         macs[port] = port_mac(index)
         return f"name {port.ifname} index {index} address {macs[port]} netns {port.namespace} {mtu}"
 
+    if seg.middle_ns is not None:
+        mid = seg.middle_ns
+        a, b = seg.ports
+        for port, name in ((a, "a"), (b, "b")):
+            root.append(
+                f"link add {end(port)} type veth peer name {name} index {next(ifindex)} "
+                f"netns {mid} {mtu}"
+            )
+            inner.setdefault(mid, []).append(f"link set dev {name} up promisc on")
+        return root, inner
     if seg.switch_ns is None:
         a, b = seg.ports
         root.append(f"link add {end(a)} type veth peer {end(b)}")
@@ -201,6 +222,7 @@ def build(spec: TopologySpec) -> BuiltTopology:
     built = BuiltTopology(spec)
     namespaces = [n.namespace for n in spec.nodes]
     namespaces += sorted({s.switch_ns for s in spec.segments if s.switch_ns is not None})
+    namespaces += [s.middle_ns for s in spec.segments if s.middle_ns is not None]
     for ns in namespaces:
         if not ns.startswith(spec.prefix):
             raise NetnsError(f"namespace {ns!r} does not carry the run prefix {spec.prefix!r}")

@@ -37,6 +37,7 @@ class EmulatedNetwork(Network):
         self._link_ports: dict[str, list[tuple[str, str]]] = {}
         self._node_links: dict[str, list[str]] = {}
         self._down: set[str] = set()
+        self._impaired: set[str] = set()
 
     def namespace(self, node: str) -> str:
         return f"{self.context.name_prefix}-{node}"
@@ -54,14 +55,18 @@ class EmulatedNetwork(Network):
                 for p in seg["ports"]
             )
             bridged = len(ports) > 2
+            impaired = seg.get("impaired_by") is not None
             segments.append(
                 SegmentSpec(
                     name=seg["link"],
                     ports=ports,
                     switch_ns=f"{prefix}-sw-{seg['link']}" if bridged else None,
                     mtu_bytes=int(seg.get("mtu_bytes", 1500)),
+                    middle_ns=self.link_namespace(seg["link"]) if impaired else None,
                 )
             )
+            if impaired:
+                self._impaired.add(seg["link"])
             self._link_ports[seg["link"]] = [(p["node"], p["ifname"]) for p in seg["ports"]]
             for p in seg["ports"]:
                 self._node_links.setdefault(p["node"], []).append(seg["link"])
@@ -83,6 +88,14 @@ class EmulatedNetwork(Network):
                 "ready_s": round(ready_s, 4),
             },
         )
+
+    def link_namespace(self, link: str) -> str:
+        return f"{self.context.name_prefix}-wire-{link}"
+
+    def link_command(self, link: str, argv: Sequence[str]) -> list[str]:
+        if link not in self._impaired:
+            raise DriverError(self.name, f"link {link!r} has no impairment device in its wire")
+        return ["ip", "netns", "exec", self.link_namespace(link), *argv]
 
     def node_command(self, node: str, argv: Sequence[str]) -> list[str]:
         return ["ip", "netns", "exec", self.namespace(node), *argv]

@@ -47,6 +47,13 @@ def check_lab(lab: Lab) -> list[Problem]:
             dev = devices.get(link.impaired_by)
             if dev is None:
                 problems.append((("links", i, "impaired_by"), _unknown("device", link.impaired_by)))
+            elif len(link.endpoints) != 2:
+                problems.append(
+                    (
+                        ("links", i, "impaired_by"),
+                        "only point-to-point links (two endpoints) can be impaired",
+                    )
+                )
             elif dev.kind != "impairment":
                 problems.append(
                     (

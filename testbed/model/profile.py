@@ -72,16 +72,35 @@ class Stream(StrictModel):
 
 
 class Impairment(StrictModel):
-    """Network conditions applied to a link by the device that impairs it."""
+    """Network conditions applied to a link by the device that impairs it.
+
+    ``forward`` is from the link's first endpoint to its second, ``reverse`` the other
+    way. Semantics follow netem where netem has the same knob: jitter is added to the
+    delay per packet (so it may reorder), ``reorder_pct`` sends that share of packets
+    without the delay, ``rate_kbps`` serialises packets through a queue of
+    ``queue_limit_packets`` (tail drop beyond it).
+    """
 
     link: Name
     direction: Literal["both", "forward", "reverse"] = "both"
     delay_ms: float = Field(default=0.0, ge=0, le=10_000)
     jitter_ms: float = Field(default=0.0, ge=0, le=10_000)
+    jitter_distribution: Literal["uniform", "normal"] = "uniform"
     loss_pct: float = Field(default=0.0, ge=0, le=100)
+    loss_model: Literal["random", "gilbert_elliott"] = "random"
+    ge_p_pct: float = Field(default=0.0, ge=0, le=100, description="Good->bad per packet.")
+    ge_r_pct: float = Field(default=100.0, ge=0, le=100, description="Bad->good per packet.")
+    ge_bad_loss_pct: float = Field(default=100.0, ge=0, le=100, description="Loss in bad (1-h).")
+    ge_good_loss_pct: float = Field(default=0.0, ge=0, le=100, description="Loss in good (1-k).")
     duplicate_pct: float = Field(default=0.0, ge=0, le=100)
     reorder_pct: float = Field(default=0.0, ge=0, le=100)
     rate_kbps: float | None = Field(default=None, gt=0)
+    queue_limit_packets: int = Field(default=1000, ge=1, le=1_000_000)
+    outage: bool = False
+
+    def engine_params(self) -> dict[str, Any]:
+        """The parameters an impairment driver applies (everything but where)."""
+        return self.model_dump(exclude={"link", "direction"})
 
 
 class TimelineEvent(StrictModel):
@@ -111,6 +130,26 @@ class Kpi(StrictModel):
         return self
 
 
+SweepParameter = Literal[
+    "delay_ms",
+    "jitter_ms",
+    "loss_pct",
+    "duplicate_pct",
+    "reorder_pct",
+    "rate_kbps",
+    "ge_p_pct",
+    "ge_r_pct",
+]
+
+
+class SweepAxis(StrictModel):
+    """One swept impairment parameter; a sweep runs every combination of its axes."""
+
+    impairment: int = Field(ge=0, description="Index into the profile's impairments.")
+    parameter: SweepParameter
+    values: tuple[float, ...] = Field(min_length=1, max_length=1000)
+
+
 class Profile(StrictModel):
     """A test profile (``profiles/*.yaml``)."""
 
@@ -124,3 +163,6 @@ class Profile(StrictModel):
     timeline: tuple[TimelineEvent, ...] = ()
     captures: tuple[Name, ...] = Field(default=(), description="Capture point names of the lab.")
     kpis: tuple[Kpi, ...] = ()
+    sweep: tuple[SweepAxis, ...] = Field(
+        default=(), description="Run every combination of these impairment values."
+    )

@@ -20,6 +20,34 @@ def overall_verdict(aborted: bool, errors: Sequence[str], kpis: Sequence[Mapping
     return "PASS"
 
 
+def sweep_table(
+    points: Sequence[Any], streams: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per sweep point and stream: the swept settings beside the measured metrics."""
+    rows = []
+    for point in points:
+        for s in streams:
+            if s.get("point") != point.index:
+                continue
+            owd = s.get("owd_ms") or {}
+            rows.append(
+                {
+                    "point": point.index,
+                    **point.settings,
+                    "stream": s["id"],
+                    "repetition": s.get("repetition"),
+                    "sent": s.get("sent"),
+                    "received": s.get("received"),
+                    "loss_pct": s.get("loss_pct"),
+                    "owd_p50_ms": owd.get("p50"),
+                    "owd_p95_ms": owd.get("p95"),
+                    "jitter_ms": s.get("jitter_ms"),
+                    "max_gap_ms": s.get("max_gap_ms"),
+                }
+            )
+    return rows
+
+
 def junit_xml(summary: Mapping[str, Any]) -> str:
     """One test case per KPI, plus one for the run itself (errors, aborts)."""
     kpis = summary.get("kpis", [])

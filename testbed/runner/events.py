@@ -37,6 +37,8 @@ class PhaseStarted(Event):
     type: ClassVar[str] = "phase.started"
     phase: str
     repetition: int | None = None
+    point: int | None = None
+    settings: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from drivers.base import (
     CaptureSpec,
     Device,
     DeviceContext,
+    Impairment,
     Network,
     StreamResult,
     StreamSpec,
@@ -38,11 +39,11 @@ from drivers.netns import destroy
 from testbed.analysis.kpis import evaluate
 from testbed.analysis.streams import stream_metrics
 from testbed.errors import RunError, TestbedError
-from testbed.plan import Plan
+from testbed.plan import Plan, PlannedPoint
 from testbed.registry import driver_class
 from testbed.results.index import Index, holder_name
 from testbed.results.record import SUMMARY, RunRecord
-from testbed.results.summary import junit_xml, overall_verdict
+from testbed.results.summary import junit_xml, overall_verdict, sweep_table
 from testbed.runner import events as ev
 from testbed.runner.state import RunState, StateFile
 from testbed.settings import Settings
@@ -118,6 +119,7 @@ class Runner:
         self._signals_seen: list[str] = []
         self._tearing_down = False
         self._heartbeat_stop = threading.Event()
+        self._traffic_running: TrafficSource | None = None
 
     # events --------------------------------------------------------------------------
 
@@ -215,8 +217,7 @@ class Runner:
             lab=self.plan.lab,
             run_dir=str(record.path),
         )
-        traffic_running: TrafficSource | None = None
-        current_rep = 0
+        current = (0, 0)
         with self._guarded():
             try:
                 try:
@@ -224,22 +225,10 @@ class Runner:
                     self._lease(index)
                     self._open_devices(state)
                     capture = self._start_captures(record)
-                    for rep in range(1, self.plan.repetitions + 1):
-                        current_rep = rep
-                        self._emit(ev.PhaseStarted, phase="measure", repetition=rep)
-                        traffic = self._traffic()
-                        t_rep = time.monotonic()
-                        if traffic is not None and self.plan.streams:
-                            start_ns = time.time_ns() + int(START_DELAY_S * 1e9)
-                            traffic_running = traffic
-                            traffic.start(self._stream_specs(), start_ns, f"rep{rep}")
-                            t_rep += START_DELAY_S
-                        self._run_timeline(rep, t_rep, data)
-                        self._sleep_until(t_rep + self.plan.duration_s)
-                        if traffic_running is not None:
-                            results = traffic_running.stop()
-                            traffic_running = None
-                            data.streams += self._metrics(results, rep)
+                    for point in self.plan.points:
+                        for rep in range(1, self.plan.repetitions + 1):
+                            current = (point.index, rep)
+                            self._measure(point, rep, data)
                     if capture is not None:
                         data.captures += _capture_entries(capture.stop(), record.path)
                 except RunInterrupted as exc:
@@ -255,11 +244,12 @@ class Runner:
                 finally:
                     self._tearing_down = True
                     self._emit(ev.PhaseStarted, phase="teardown")
-                    if traffic_running is not None:  # keep what arrived before the stop
+                    running = self._traffic_running
+                    if running is not None:  # keep what arrived before the stop
                         try:
-                            traffic_running.safe_state()  # stop sending now, not at the end
-                            results = traffic_running.stop()
-                            data.streams += self._metrics(results, current_rep, partial=True)
+                            running.safe_state()  # stop sending now, not at the end
+                            results = running.stop()
+                            data.streams += self._metrics(results, *current, partial=True)
                         except Exception as exc:
                             data.errors.append(f"collecting partial traffic results: {exc}")
                     self._teardown(data, record)
@@ -320,6 +310,8 @@ class Runner:
             if isinstance(device, Network):
                 device.build(self.plan.topology())
                 network = device
+            if isinstance(device, Impairment):
+                device.attach([s.link for s in self.plan.segments if s.impaired_by == planned.name])
             self._emit(
                 ev.DeviceOpened, device=planned.name, kind=planned.kind, driver=planned.driver
             )
@@ -339,6 +331,45 @@ class Runner:
             raise RunError(f"device {device_name!r} is not a capture device")
         device.start(specs, record.path / "captures")
         return device
+
+    def _measure(self, point: PlannedPoint, rep: int, data: _RunData) -> None:
+        """One repetition at one sweep point: conditions, streams, timeline, results."""
+        self._emit(
+            ev.PhaseStarted, phase="measure", repetition=rep, point=point.index,
+            settings=point.settings,
+        )  # fmt: skip
+        self._apply_impairments(point)
+        traffic = self._traffic()
+        t_rep = time.monotonic()
+        label = f"rep{rep}" if len(self.plan.points) == 1 else f"point{point.index}-rep{rep}"
+        if traffic is not None and self.plan.streams:
+            start_ns = time.time_ns() + int(START_DELAY_S * 1e9)
+            self._traffic_running = traffic
+            traffic.start(self._stream_specs(), start_ns, label)
+            t_rep += START_DELAY_S
+        self._run_timeline(rep, t_rep, data)
+        self._sleep_until(t_rep + self.plan.duration_s)
+        if self._traffic_running is not None:
+            results = self._traffic_running.stop()
+            self._traffic_running = None
+            data.streams += self._metrics(results, point.index, rep)
+
+    def _apply_impairments(self, point: PlannedPoint) -> None:
+        """Every repetition starts from the profile's conditions, whatever the timeline did."""
+        for opened in self._opened:
+            if isinstance(opened.device, Impairment):
+                opened.device.clear()
+        for imp in point.impairments:
+            device = self._device(imp["device"])
+            if not isinstance(device, Impairment):
+                raise RunError(f"device {imp['device']!r} is not an impairment device")
+            device.apply(imp["link"], imp["direction"], imp["params"])
+            self._emit(
+                ev.DeviceEvent,
+                device=imp["device"],
+                name="impairment.applied",
+                fields={"link": imp["link"], "direction": imp["direction"], **imp["params"]},
+            )
 
     def _traffic(self) -> TrafficSource | None:
         for opened in self._opened:
@@ -413,7 +444,7 @@ class Runner:
                 )
 
     def _metrics(
-        self, results: Sequence[StreamResult], rep: int, partial: bool = False
+        self, results: Sequence[StreamResult], point: int, rep: int, partial: bool = False
     ) -> list[dict[str, Any]]:
         kinds = {s.id: s.kind for s in self.plan.streams}
         entries = []
@@ -429,6 +460,8 @@ class Runner:
             )
             entry = metrics.to_dict()
             entry["repetition"] = rep
+            if len(self.plan.points) > 1:
+                entry["point"] = point
             entry["send_errors"] = res.send_errors
             entry["source"] = "receiver kernel timestamps (SO_TIMESTAMPNS)"
             notes = list(res.notes)
@@ -491,6 +524,8 @@ class Runner:
             "errors": data.errors,
             "signals": self._signals_seen,
         }
+        if len(self.plan.points) > 1:
+            summary["sweep"] = sweep_table(self.plan.points, data.streams)
         self._emit(ev.RunFinished, verdict=verdict, errors=list(data.errors))
         record.write(SUMMARY, summary)
         record.write_text("junit.xml", junit_xml(summary))

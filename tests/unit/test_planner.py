@@ -370,7 +370,7 @@ def test_impairment_on_an_impaired_link_is_planned() -> None:
     assert len(plan.impairments) == 1
     assert plan.impairments[0]["device"] == "shaper"
     assert plan.impairments[0]["link"] == "ab"
-    assert plan.impairments[0]["loss_pct"] == 5
+    assert plan.impairments[0]["params"]["loss_pct"] == 5
     assert plan.segments[0].impaired_by == "shaper"
 
 
