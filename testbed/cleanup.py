@@ -13,6 +13,7 @@ import contextlib
 import os
 import re
 import signal
+import tempfile
 import time
 from pathlib import Path
 
@@ -75,6 +76,9 @@ def _clean_run(state: RunState, index: Index | None) -> list[str]:
             report.append(f"  killed {proc.role} (pid {proc.pid})")
     for name in destroy(state.prefix + "-"):
         report.append(f"  removed namespace {name}")
+    for sock in Path(tempfile.gettempdir()).glob(f"{state.prefix}-*.sock"):
+        sock.unlink(missing_ok=True)
+        report.append(f"  removed control socket {sock}")
     if index is not None:
         held = [lease.device for lease in index.all_leases() if lease.run_id == state.run_id]
         index.release(state.run_id)

@@ -20,6 +20,9 @@ BUILTIN: dict[tuple[str, str], str] = {
     ("network", "emulated"): "drivers.network.emulated:EmulatedNetwork",
     ("traffic", "emulated"): "drivers.traffic.emulated:EmulatedTraffic",
     ("capture", "dumpcap"): "drivers.capture.dumpcap:DumpcapCapture",
+    ("impairment", "emulated"): "drivers.impairment.emulated:EmulatedImpairment",
+    ("impairment", "netem"): "drivers.impairment.netem:NetemImpairment",
+    ("impairment", "scpi"): "drivers.impairment.scpi:ScpiImpairment",
 }
 
 

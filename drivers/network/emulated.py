@@ -25,6 +25,7 @@ from drivers.netns import (
     set_link_state,
     wait_ready,
 )
+from drivers.netns.offload import disable_offloads
 
 
 class EmulatedNetwork(Network):
@@ -79,6 +80,14 @@ class EmulatedNetwork(Network):
         # Record the namespaces before building, so a crash half-way is still cleaned up.
         self.context.emit("network.building", {"namespaces": len(nodes), "segments": len(segments)})
         self._built = build(spec)
+        for seg in segments:
+            if seg.middle_ns is not None:
+                # a relay in the wire re-sends frames as read: they must be whole frames
+                # with full checksums, so offloads go off on every port of the wire
+                for port in seg.ports:
+                    disable_offloads(port.namespace, port.ifname)
+                for name in ("a", "b"):
+                    disable_offloads(seg.middle_ns, name)
         ready_s = wait_ready(self._built.namespaces)
         self.context.emit(
             "network.built",
