@@ -103,6 +103,13 @@ def test_shipped_lab_loads() -> None:
         ("net", "network", "emulated"),
         ("traffic", "traffic", "emulated"),
         ("capture", "capture", "dumpcap"),
+        ("radio_channel", "impairment", "emulated"),
+    }
+    assert {x.name for x in lab.links if x.impaired_by == "radio_channel"} == {
+        "radio_a1",
+        "radio_a2",
+        "radio_b1",
+        "radio_b2",
     }
     assert source.path == SHIPPED_LAB
     # the source remembers where things are: the backbone link is on its own line

@@ -29,6 +29,7 @@ FAKE_DRIVERS: dict[tuple[str, str], frozenset[str]] = {
     ("traffic", "emulated"): frozenset(),
     ("capture", "dumpcap"): frozenset(),
     ("impairment", "netem"): frozenset({"apply", "clear"}),
+    ("impairment", "emulated"): frozenset({"set", "clear", "outage_start", "outage_end"}),
 }
 
 
@@ -348,10 +349,10 @@ def test_unknown_driver_is_an_error() -> None:
 
 def test_impairment_needs_an_impairment_device(shipped_lab: Lab) -> None:
     problems = plan_problems(
-        profile_of(impairments=[{"link": "radio_a1", "delay_ms": 50}]), shipped_lab
+        profile_of(impairments=[{"link": "backhaul_a", "delay_ms": 50}]), shipped_lab
     )
     assert problems == [
-        "profile: impairments.0.link: link 'radio_a1' has no impairment device in this lab"
+        "profile: impairments.0.link: link 'backhaul_a' has no impairment device in this lab"
     ]
     problems = plan_problems(
         profile_of(impairments=[{"link": "no_such", "delay_ms": 5}]), shipped_lab
