@@ -197,6 +197,49 @@ def cmd_show(args: argparse.Namespace) -> int:
     return EXIT_PASS
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from testbed.analysis.passive import analyze_captures
+    from testbed.errors import AnalysisError
+
+    try:
+        report = analyze_captures(args.captures, decode_as=args.decode_as or ())
+    except AnalysisError as exc:
+        _err(f"testbed analyze: {exc}")
+        return EXIT_INVALID
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return EXIT_PASS
+    for cap in report["captures"]:
+        trunc = "  (TRUNCATED: read up to the last whole packet)" if cap.get("truncated") else ""
+        print(f"{cap['file']}: {cap['format']}, {cap['packets']} packets{trunc}")
+    rtp = report["rtp_streams"]
+    print(f"\nRTP streams: {len(rtp)}")
+    if rtp:
+        print(
+            f"  {'SSRC':<11} {'SRC':<22} {'DST':<22} {'PT':>3} {'PKTS':>7} {'LOST':>6} "
+            f"{'LOSS%':>6} {'JITTER ms':>9} {'MAX GAP ms':>10} {'REORD':>5} {'DUPS':>4}"
+        )
+        for r in rtp:
+            jitter = "-" if r["jitter_ms"] is None else f"{r['jitter_ms']:.3f}"
+            gap = "-" if r["max_gap_ms"] is None else f"{r['max_gap_ms']:.1f}"
+            print(
+                f"  {r['ssrc']:<11} {r['src']:<22} {r['dst']:<22} {r['payload_type']:>3} "
+                f"{r['packets']:>7} {r['lost']:>6} {r['loss_pct']:>6.2f} {jitter:>9} "
+                f"{gap:>10} {r['reordered']:>5} {r['duplicates']:>4}"
+            )
+    probes = report["probe_streams"]
+    if probes:
+        print(f"\nProbe streams: {len(probes)}")
+        for p in probes:
+            owd = p.get("owd_ms") or {}
+            p50 = "-" if owd.get("p50") is None else f"{owd['p50']:.3f}"
+            print(
+                f"  {p['src']} -> {p['dst']} stream {p['stream']}: {p['received']} packets, "
+                f"loss {p['loss_pct']:.2f} %, OWD p50 {p50} ms"
+            )
+    return EXIT_PASS
+
+
 def cmd_cleanup(args: argparse.Namespace) -> int:
     from testbed.cleanup import cleanup
     from testbed.settings import Settings
@@ -276,6 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", metavar="DIR")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_show)
+
+    p = sub.add_parser("analyze", help="analyse captures: RTP and probe streams, any pcap/pcapng")
+    p.add_argument("captures", nargs="+", metavar="CAPTURE")
+    p.add_argument("--json", action="store_true")
+    p.add_argument(
+        "--decode-as",
+        action="append",
+        metavar="udp.port==N,rtp",
+        help="treat a UDP port as RTP even when the heuristic would not (tshark syntax)",
+    )
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("cleanup", help="remove what killed runs left behind")
     p.add_argument("--results", metavar="DIR")

@@ -37,8 +37,9 @@ from drivers.base import (
 )
 from drivers.netns import destroy
 from testbed.analysis.kpis import evaluate
+from testbed.analysis.passive import analyze_captures
 from testbed.analysis.streams import stream_metrics
-from testbed.errors import RunError, TestbedError
+from testbed.errors import AnalysisError, RunError, TestbedError
 from testbed.plan import Plan, PlannedPoint
 from testbed.registry import driver_class
 from testbed.results.index import Index, holder_name
@@ -545,16 +546,28 @@ class Runner:
 
 
 def _capture_entries(results: Sequence[CaptureResult], run_dir: Path) -> list[dict[str, Any]]:
-    return [
-        {
+    """Each capture point with what was recorded and, analysed from the file alone, the
+    probe and RTP streams seen there (an independent view of the receivers' numbers)."""
+    entries = []
+    for r in results:
+        entry: dict[str, Any] = {
             "name": r.name,
             "file": str(r.path.relative_to(run_dir)),
             "packets": r.packets,
             "dropped": r.dropped,
-            "notes": r.notes,
+            "notes": list(r.notes),
         }
-        for r in results
-    ]
+        try:
+            report = analyze_captures([r.path])
+        except AnalysisError as exc:
+            entry["notes"].append(f"not analysed: {exc}")
+        else:
+            entry["probe_streams"] = report["probe_streams"]
+            entry["rtp_streams"] = report["rtp_streams"]
+            if r.dropped:
+                entry["notes"].append("the streams seen here miss the packets dumpcap dropped")
+        entries.append(entry)
+    return entries
 
 
 def _iso(ts: float) -> str:
