@@ -147,7 +147,14 @@ class Impairment(Device):
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """A traffic stream resolved by the planner: endpoints, addresses and rates."""
+    """A traffic stream resolved by the planner: endpoints, addresses and rates.
+
+    ``kind`` is ``probe``, ``rtp_voice`` or ``bulk``. ``rate_pps`` and ``payload_bytes`` are
+    what goes on the wire (derived by the planner for rtp_voice and bulk); the fields after
+    ``stop_s`` only matter to some kinds and default to "not used": ``rate_kbps`` (bulk: UDP
+    payload bit rate), ``codec_mode``, ``payload_type``, ``talk_on_s``/``talk_off_s`` (None =
+    continuous speech) and ``seed`` (None = derived from ``id``) for rtp_voice.
+    """
 
     id: str
     wire_id: int
@@ -161,6 +168,12 @@ class StreamSpec:
     dscp: int
     start_s: float
     stop_s: float
+    rate_kbps: float | None = None
+    codec_mode: int = 8
+    payload_type: int = 96
+    talk_on_s: float | None = None
+    talk_off_s: float | None = None
+    seed: int | None = None
 
 
 @dataclass

@@ -72,6 +72,12 @@ class PlannedStream(_PlanModel):
     dscp: int
     start_s: float
     stop_s: float
+    rate_kbps: float | None = None
+    codec_mode: int = 8
+    payload_type: int = 96
+    talk_on_s: float | None = None
+    talk_off_s: float | None = None
+    seed: int | None = None
 
 
 class PlannedEvent(_PlanModel):
@@ -209,11 +215,17 @@ def make_plan(
                 to_node=dst,
                 dst_address=addresses[dst],
                 port=s.port or DEFAULT_PROBE_PORT,
-                rate_pps=s.rate_pps,
-                payload_bytes=s.payload_bytes,
+                rate_pps=s.packet_rate_pps,
+                payload_bytes=s.udp_payload_bytes,
                 dscp=s.dscp,
                 start_s=s.start_s,
                 stop_s=stop,
+                rate_kbps=s.rate_kbps,
+                codec_mode=s.codec_mode,
+                payload_type=s.payload_type,
+                talk_on_s=s.talk_on_s if s.kind == "rtp_voice" else None,
+                talk_off_s=s.talk_off_s if s.kind == "rtp_voice" else None,
+                seed=s.seed,
             )
         )
     seen: set[str] = set()

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from drivers.traffic.amrwb import udp_payload_bytes
 from testbed.model.common import Name, StrictModel
 
-StreamKind = Literal["probe"]
+StreamKind = Literal["probe", "rtp_voice", "bulk"]
+BULK_PAYLOAD_BYTES = 1200
+"""UDP payload of a bulk stream that does not set ``payload_bytes``."""
 
 METRICS = (
     "loss_pct",
@@ -53,22 +57,138 @@ class Stream(StrictModel):
 
     ``probe`` streams are constant-rate UDP packets that carry stream id, sequence number
     and transmit time, so that loss, delay, jitter, reordering and gaps are exact.
+    ``rtp_voice`` streams are RTP (RFC 3550) with AMR-WB frames (RFC 4867, octet-aligned):
+    one packet per 20 ms frame in talk spurts, SID frames every 160 ms in silences (DTX), RTP
+    clock 16 kHz; the sender logs transmit times, so the same metrics hold. ``bulk`` streams are
+    best-effort background load: probe packets at a constant bit rate.
     """
 
     id: Name
     kind: StreamKind = "probe"
     from_node: Name = Field(alias="from")
     to_node: Name = Field(alias="to")
-    rate_pps: float = Field(gt=0, le=100_000)
-    payload_bytes: int = Field(default=64, ge=20, le=1472)
+    rate_pps: float | None = Field(
+        default=None, gt=0, le=100_000, description="probe: packets/s (required); others: unset."
+    )
+    payload_bytes: int = Field(
+        default=64,
+        ge=20,
+        le=1472,
+        description="UDP payload; bulk: 1200 when unset; rtp_voice: set by codec_mode.",
+    )
     dscp: int = Field(default=0, ge=0, le=63)
     port: int | None = Field(
         default=None, ge=1024, le=65535, description="UDP port; auto if unset."
     )
     start_s: float = Field(default=0.0, ge=0)
     stop_s: float | None = Field(default=None, gt=0, description="Default: the profile duration.")
+    rate_kbps: float | None = Field(
+        default=None,
+        gt=0,
+        le=10_000_000,
+        description="bulk: UDP payload bit rate in kbit/s (required); others: unset.",
+    )
+    codec_mode: int = Field(
+        default=8, ge=0, le=8, description="rtp_voice: AMR-WB mode, 0 = 6.60 ... 8 = 23.85 kbit/s."
+    )
+    payload_type: int = Field(
+        default=96, ge=96, le=127, description="rtp_voice: dynamic RTP payload type."
+    )
+    talk_on_s: float | None = Field(
+        default=1.004,
+        gt=0,
+        le=3600,
+        description="rtp_voice: mean talk spurt (exponential; ITU-T P.59); null = continuous.",
+    )
+    talk_off_s: float | None = Field(
+        default=1.587,
+        gt=0,
+        le=3600,
+        description="rtp_voice: mean silence (exponential; ITU-T P.59); null = continuous.",
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        le=2**63 - 1,
+        description="rtp_voice: seed of SSRC, sequence/timestamp start and talk spurts; "
+        "default: derived from the id (reruns are identical).",
+    )
 
     model_config = StrictModel.model_config | {"populate_by_name": True}
+
+    @property
+    def udp_payload_bytes(self) -> int:
+        """UDP payload of one packet (rtp_voice: a speech packet; SID packets are smaller)."""
+        if self.kind == "rtp_voice":
+            return udp_payload_bytes(self.codec_mode)
+        if self.kind == "bulk" and "payload_bytes" not in self.model_fields_set:
+            return BULK_PAYLOAD_BYTES
+        return self.payload_bytes
+
+    @property
+    def packet_rate_pps(self) -> float:
+        """Packets per second: given (probe), 50 in talk spurts (rtp_voice), or from the bit
+        rate (bulk)."""
+        if self.kind == "rtp_voice":
+            return 50.0
+        if self.kind == "bulk":
+            assert self.rate_kbps is not None  # checked by the validator
+            return self.rate_kbps * 1000.0 / (8 * self.udp_payload_bytes)
+        assert self.rate_pps is not None  # checked by the validator
+        return self.rate_pps
+
+    @model_validator(mode="after")
+    def _fields_fit_kind(self) -> Stream:
+        """One located problem per field that the kind requires or does not use."""
+        problems: list[InitErrorDetails] = []
+        given = self.model_fields_set
+        kind = self.kind
+
+        def missing(field: str) -> None:
+            problems.append({"type": "missing", "loc": (field,), "input": None})
+
+        def wrong(field: str, message: str) -> None:
+            value = getattr(self, field)
+            error = PydanticCustomError("stream_kind", message)
+            problems.append({"type": error, "loc": (field,), "input": value})
+
+        if kind == "probe":
+            if self.rate_pps is None:
+                missing("rate_pps")
+        elif "rate_pps" in given:
+            wrong(
+                "rate_pps",
+                "a bulk stream is paced by rate_kbps; remove rate_pps"
+                if kind == "bulk"
+                else "an rtp_voice stream sends one packet per 20 ms frame; remove rate_pps",
+            )
+        if kind == "bulk":
+            if self.rate_kbps is None:
+                missing("rate_kbps")
+            elif self.packet_rate_pps > 100_000:
+                wrong(
+                    "rate_kbps",
+                    f"{self.rate_kbps:g} kbit/s in {self.udp_payload_bytes}-byte packets is "
+                    f"{self.packet_rate_pps:.0f} packets/s, above the 100000/s a sender paces: "
+                    "lower the rate or raise payload_bytes",
+                )
+        elif "rate_kbps" in given:
+            wrong("rate_kbps", f"rate_kbps is for bulk streams, not {kind}; remove it")
+        if kind == "rtp_voice":
+            if "payload_bytes" in given:
+                wrong("payload_bytes", "rtp_voice packet sizes follow codec_mode; remove it")
+            on, off = self.talk_on_s, self.talk_off_s
+            if on is None and off is not None and "talk_off_s" in given:
+                wrong("talk_off_s", "talk_on_s is null (continuous speech): remove talk_off_s")
+            if off is None and on is not None and "talk_on_s" in given:
+                wrong("talk_on_s", "talk_off_s is null (continuous speech): remove talk_on_s")
+        else:
+            for field in ("codec_mode", "payload_type", "talk_on_s", "talk_off_s", "seed"):
+                if field in given:
+                    wrong(field, f"{field} is for rtp_voice streams, not {kind}; remove it")
+        if problems:
+            raise ValidationError.from_exception_data("Stream", problems)
+        return self
 
 
 class Impairment(StrictModel):

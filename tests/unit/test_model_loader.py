@@ -577,7 +577,7 @@ def test_profile_schema_uses_the_yaml_names_of_stream_fields() -> None:
     schema = Profile.model_json_schema(by_alias=True)
     stream = schema["$defs"]["Stream"]
     assert {"from", "to", "rate_pps"} <= set(stream["properties"])
-    assert {"from", "to", "rate_pps", "id"} <= set(stream["required"])
+    assert {"from", "to", "id"} <= set(stream["required"])
 
 
 # --------------------------------------------------------------------------------------------
