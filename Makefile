@@ -39,8 +39,13 @@ system-deps:
 cleanup: env
 	$(VENV)/bin/testbed cleanup
 
+# Benchmarks print figures beside a reference measured in the same run; they are not tests.
 bench: env system-deps
+	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) bench/topology.py
+	$(PY) bench/impairment.py
+	$(PY) bench/traffic.py
+	$(PY) bench/analysis.py
 
 clean-env:
 	rm -rf $(VENV)
