@@ -2,20 +2,20 @@
 middle namespace at layer 2 and impairs each direction (``a_to_b``, ``b_to_a``) independently,
 because this kernel has no netem. It follows the ``select_ts_spin`` design of the baselines
 document (section 4): one thread; one AF_PACKET socket per port (PACKET_IGNORE_OUTGOING,
-SO_TIMESTAMPNS, 16 MB buffers); a heap of frames keyed by due time = the frame's kernel RX
-timestamp + the sampled delay (+ the rate queue's wait), so the relay's own wake-up latency is not
-added; and the last ``--spin-us`` (300 µs) before a due time busy-polled with a zero-timeout
-``select`` that also serves arrivals and control requests (~10-20 µs median, ~50-90 µs p99 error
-at 1k-10k pps there; no SCHED_FIFO on top of the spin: RT throttling made it tens of ms late).
-Each direction's heap share and rate queue are bounded, so emulated overload drops and counts
-packets instead of growing the delay; the relay's own saturation (beyond ~90k pps) still queues
-in the kernel's receive buffer and shows as ``late_p99_us`` and ``rx_kernel_drops``. Endpoints
-need checksum and segmentation offloads off (:mod:`drivers.netns.offload`), or captured frames
-carry partial checksums or exceed the MTU. The controller runs ``ip netns exec NS python -m
-drivers.impairment.relay --port-a a --port-b b --control PATH`` and speaks line-delimited JSON to
-the Unix socket at PATH (a filesystem path reaches across network namespaces) through
-:class:`RelayControl`. All times are CLOCK_REALTIME, the clock of SO_TIMESTAMPNS.
-"""
+SO_TIMESTAMPNS, a 1 MB receive buffer, 16 MB to send); a heap of frames keyed by due time = the
+frame's kernel RX timestamp + the sampled delay (+ the rate queue's wait), so the relay's own wake-
+up latency is not added; and the last ``--spin-us`` (300 µs) before a due time busy-polled with a
+zero-timeout ``select`` that also serves arrivals and control requests (~10-20 µs median, ~50-90 µs
+p99 error at 1k-10k pps there; no SCHED_FIFO on top of the spin: RT throttling made it tens of ms
+late). Each direction's heap share and rate queue are bounded, so emulated overload drops and
+counts packets instead of growing the delay; the relay's own saturation (beyond ~60-90k pps) still
+queues in the kernel's receive buffer, which is kept small to bound that wait (~40 ms measured),
+and shows as ``late_p99_us`` and ``rx_kernel_drops``. Endpoints need checksum and segmentation
+offloads off (:mod:`drivers.netns.offload`), or captured frames carry partial checksums or exceed
+the MTU. The controller runs ``ip netns exec NS python -m drivers.impairment.relay --port-a a
+--port-b b --control PATH`` and speaks line-delimited JSON to the Unix socket at PATH (a filesystem
+path reaches across network namespaces) through :class:`RelayControl`. All times are
+CLOCK_REALTIME, the clock of SO_TIMESTAMPNS."""
 
 from __future__ import annotations
 
@@ -69,6 +69,11 @@ _SO_TIMESTAMPNS = 35  # == SCM_TIMESTAMPNS
 _SO_SNDBUFFORCE = 32
 _SO_RCVBUFFORCE = 33
 _SOCKET_BUFFER_BYTES = 16 * 1024 * 1024
+_RECEIVE_BUFFER_BYTES = 1024 * 1024
+"""Frames wait here before the relay reads them, out of reach of the queue limit, so this
+buffer bounds the delay under overload: 1 MB (2 MB once the kernel doubles it) holds a few
+thousand small frames, tens of ms at the relay's ~90k packets/s; 16 MB held 0.4-0.9 s
+(bench/impairment.py)."""
 _PR_SET_TIMERSLACK = 29
 _TIMESPEC = struct.Struct("=qq")
 _TPACKET_STATS = struct.Struct("=II")
@@ -308,14 +313,14 @@ def _open_port(ifname: str) -> socket.socket:
         with contextlib.suppress(OSError):  # Linux < 4.20: _drain filters by packet type
             sock.setsockopt(_SOL_PACKET, _PACKET_IGNORE_OUTGOING, 1)
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
-        for force, plain in (
-            (_SO_RCVBUFFORCE, socket.SO_RCVBUF),
-            (_SO_SNDBUFFORCE, socket.SO_SNDBUF),
+        for force, plain, size in (
+            (_SO_RCVBUFFORCE, socket.SO_RCVBUF, _RECEIVE_BUFFER_BYTES),
+            (_SO_SNDBUFFORCE, socket.SO_SNDBUF, _SOCKET_BUFFER_BYTES),
         ):
             try:  # root may exceed net.core.[rw]mem_max
-                sock.setsockopt(socket.SOL_SOCKET, force, _SOCKET_BUFFER_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, force, size)
             except PermissionError:
-                sock.setsockopt(socket.SOL_SOCKET, plain, _SOCKET_BUFFER_BYTES)
+                sock.setsockopt(socket.SOL_SOCKET, plain, size)
         # Promiscuous for as long as the socket lives: frames for the far end's MAC must be seen
         # on real NICs and bridges too (a veth delivers them anyway).
         mreq = _PACKET_MREQ.pack(ifindex, _PACKET_MR_PROMISC, 0, b"")
