@@ -19,7 +19,7 @@ from pathlib import Path
 
 from drivers.netns import destroy, list_namespaces
 from testbed.errors import StoreError
-from testbed.results.index import Index
+from testbed.results.index import Index, this_host
 from testbed.results.record import RunRecord
 from testbed.runner.state import PREFIX_RE, RunState, process_alive, read_states
 from testbed.settings import Settings
@@ -105,7 +105,7 @@ def _clean_run(state: RunState, index: Index | None) -> list[str]:
 def _release_dead_local_leases(index: Index, settings: Settings) -> list[str]:
     """Leases held by a pid of this host that no longer runs (without a state file)."""
     report = []
-    host = os.uname().nodename
+    host = this_host()
     for lease in index.all_leases():
         name, _, pid = lease.holder.rpartition(":")
         if name == host and pid.isdigit() and not process_alive(int(pid), None):

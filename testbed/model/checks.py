@@ -13,9 +13,6 @@ from testbed.model.lab import Lab
 
 Problem = tuple[tuple[str | int, ...], str]
 
-BRIDGE_MAX_PORTS = 1023
-"""A Linux bridge refuses its 1024th port ("Exchange full"); see the baselines doc."""
-
 
 def _duplicates(section: str, names: Iterable[str]) -> list[Problem]:
     seen: set[str] = set()

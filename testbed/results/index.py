@@ -69,8 +69,13 @@ class Lease:
     expires_at: float
 
 
+def this_host() -> str:
+    """The host name that lease holders, manifests and cleanup all use."""
+    return socket.gethostname()
+
+
 def holder_name(pid: int) -> str:
-    return f"{socket.gethostname()}:{pid}"
+    return f"{this_host()}:{pid}"
 
 
 class Index:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 import signal
 import threading
 import time
@@ -42,7 +43,7 @@ from testbed.analysis.streams import stream_metrics
 from testbed.errors import AnalysisError, RunError, TestbedError
 from testbed.plan import Plan, PlannedPoint
 from testbed.registry import driver_class
-from testbed.results.index import Index, holder_name
+from testbed.results.index import Index, holder_name, this_host
 from testbed.results.record import SUMMARY, RunRecord
 from testbed.results.summary import junit_xml, overall_verdict, sweep_table
 from testbed.runner import events as ev
@@ -187,9 +188,9 @@ class Runner:
                 "verdict": None,
                 "started_at": started_at,
                 "ended_at": None,
-                "host": os.uname().nodename,
+                "host": this_host(),
                 "controller_pid": os.getpid(),
-                "versions": {"testbed": testbed.__version__, "python": _python_version()},
+                "versions": {"testbed": testbed.__version__, "python": platform.python_version()},
                 "name_prefix": self.prefix,
             },
         )
@@ -572,9 +573,3 @@ def _capture_entries(results: Sequence[CaptureResult], run_dir: Path) -> list[di
 
 def _iso(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ts)) + f".{int(ts % 1 * 1000):03d}Z"
-
-
-def _python_version() -> str:
-    import platform
-
-    return platform.python_version()
