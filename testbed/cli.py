@@ -107,7 +107,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     for k in plan.kpis:
         from testbed.analysis.kpis import limit_text, unit_of
 
-        print(f"  {k.name}: {k.stream} {k.metric} {limit_text(k)} {unit_of(k.metric)}")
+        if k.mcptt is not None:
+            limit = limit_text(k) if k.max is not None or k.min is not None else "TS 22.179"
+            print(f"  {k.name}: mcptt {k.mcptt} p95 {limit} ms")
+        else:
+            assert k.metric is not None
+            print(f"  {k.name}: {k.stream} {k.metric} {limit_text(k)} {unit_of(k.metric)}")
     return EXIT_PASS
 
 
@@ -198,11 +203,13 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
+    from testbed.analysis.mcptt import analyze_mcptt
     from testbed.analysis.passive import analyze_captures
     from testbed.errors import AnalysisError
 
     try:
         report = analyze_captures(args.captures, decode_as=args.decode_as or ())
+        report["mcptt"] = analyze_mcptt(args.captures)
     except AnalysisError as exc:
         _err(f"testbed analyze: {exc}")
         return EXIT_INVALID
@@ -237,7 +244,27 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 f"  {p['src']} -> {p['dst']} stream {p['stream']}: {p['received']} packets, "
                 f"loss {p['loss_pct']:.2f} %, OWD p50 {p50} ms"
             )
+    _print_mcptt(report["mcptt"])
     return EXIT_PASS
+
+
+def _print_mcptt(block: dict[str, Any]) -> None:
+    requests = block["requests"]
+    if not requests and not block["bursts"] and not block["late_entries"]:
+        return
+    outcomes: dict[str, int] = {}
+    for r in requests:
+        outcomes[r["outcome"]] = outcomes.get(r["outcome"], 0) + 1
+    summary = ", ".join(f"{n} {o}" for o, n in sorted(outcomes.items())) or "none"
+    print(f"\nMCPTT: {len(requests)} floor requests ({summary}), "
+          f"{len(block['preemptions'])} pre-emptions")  # fmt: skip
+    print(f"  {'KPI':<38} {'P95 ms':>8} {'SAMPLES':>7} {'LIMIT':>9}  ENOUGH FOR P95")
+    for kpi in block["kpis"].values():
+        value = "-" if kpi["value"] is None else f"{kpi['value']:.1f}"
+        limit = kpi["limit"]
+        limit_text = "-" if not limit else f"{limit['max_ms']:g}"
+        enough = "yes" if kpi["enough_samples"] else f"no (need {kpi['min_samples']})"
+        print(f"  {kpi['name']:<38} {value:>8} {kpi['samples']:>7} {limit_text:>9}  {enough}")
 
 
 def cmd_cleanup(args: argparse.Namespace) -> int:

@@ -105,8 +105,9 @@ class PlannedPoint(_PlanModel):
 
 class PlannedKpi(_PlanModel):
     name: str
-    stream: str
-    metric: str
+    stream: str | None
+    metric: str | None
+    mcptt: str | None = None
     max: float | None
     min: float | None
     reference: str
@@ -287,6 +288,8 @@ def make_plan(
             )
         )
     timeline.sort(key=lambda e: e.at_s)  # stable: equal times keep profile order
+    used = {e.device for e in timeline}
+    devices = [d for d in devices if d.kind in INFRASTRUCTURE_KINDS or d.name in used]
 
     captures = []
     points = {c.name: c for c in lab.capture_points}
@@ -304,7 +307,11 @@ def make_plan(
     stream_ids = {s.id for s in profile.streams}
     kpis = []
     for i, k in enumerate(profile.kpis):
-        if k.stream not in stream_ids:
+        if k.mcptt is not None and not profile.captures:
+            problems.add(
+                "profile", ("kpis", i, "mcptt"), "MCPTT KPIs come from captures: list some"
+            )
+        if k.stream is not None and k.stream not in stream_ids:
             problems.add(
                 "profile", ("kpis", i, "stream"), f"no stream {k.stream!r} in this profile"
             )
@@ -380,6 +387,12 @@ def _sweep_points(
             settings[f"impairments[{axis.impairment}].{axis.parameter}"] = value
         points.append(PlannedPoint(index=index, settings=settings, impairments=tuple(planned)))
     return points
+
+
+INFRASTRUCTURE_KINDS = frozenset({"network", "traffic", "capture", "impairment"})
+"""Device kinds every run uses (links run through impairments whether or not the timeline acts
+on them); a device of any other kind (radios, instruments, cores, MCPTT) is reserved and opened
+only when the profile's timeline drives it."""
 
 
 def _devices(lab: Lab, catalog: ActionCatalog, problems: _Problems) -> list[PlannedDevice]:

@@ -23,6 +23,7 @@ BUILTIN: dict[tuple[str, str], str] = {
     ("impairment", "emulated"): "drivers.impairment.emulated:EmulatedImpairment",
     ("impairment", "netem"): "drivers.impairment.netem:NetemImpairment",
     ("impairment", "scpi"): "drivers.impairment.scpi:ScpiImpairment",
+    ("mcptt", "emulated"): "drivers.mcptt.emulated:EmulatedMcptt",
 }
 
 

@@ -1,8 +1,10 @@
-"""KPI verdicts: a limit from the profile applied to a stream metric.
+"""KPI verdicts: a limit from the profile applied to a stream metric or to an MCPTT KPI.
 
-With repetitions, a KPI is judged on every repetition and reports the worst value; it
-fails when any repetition misses the limit. A metric without samples (nothing received)
-cannot meet a limit and fails, saying why.
+With repetitions, a stream KPI is judged on every repetition and reports the worst value; it
+fails when any repetition misses the limit. An MCPTT KPI is a percentile over every sample of
+the run's captures (all repetitions pooled: that is what makes 59+ samples for a p95 claim),
+judged against the profile's limit or, when the profile gives none, the TS 22.179 limit the
+analysis reports. A metric without samples cannot meet a limit and fails, saying why.
 """
 
 from __future__ import annotations
@@ -49,10 +51,16 @@ def _distance_outside(kpi: PlannedKpi, value: float) -> float:
 
 
 def evaluate(
-    kpis: Sequence[PlannedKpi], streams: Sequence[Mapping[str, Any]]
+    kpis: Sequence[PlannedKpi],
+    streams: Sequence[Mapping[str, Any]],
+    mcptt: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for kpi in kpis:
+        if kpi.mcptt is not None:
+            out.append(_evaluate_mcptt(kpi, (mcptt or {}).get("kpis", {}).get(kpi.mcptt)))
+            continue
+        assert kpi.stream is not None and kpi.metric is not None  # the model guarantees it
         entries = [s for s in streams if s.get("id") == kpi.stream]
         values = [metric_value(s, kpi.metric) for s in entries]
         samples = sum(int(s.get("received") or 0) for s in entries)
@@ -85,3 +93,42 @@ def evaluate(
             result.update(value=worst, verdict="FAIL" if failing else "PASS")
         out.append(result)
     return out
+
+
+def _evaluate_mcptt(kpi: PlannedKpi, measured: Mapping[str, Any] | None) -> dict[str, Any]:
+    """An MCPTT KPI from the analysis block: its percentile against the profile's limit, or
+    against the TS 22.179 limit the analysis names when the profile gives none."""
+    measured = measured or {}
+    standard = measured.get("limit")
+    lo, hi = kpi.min, kpi.max
+    reference = kpi.reference
+    if lo is None and hi is None and isinstance(standard, Mapping):
+        hi = standard.get("max_ms")
+        reference = reference or str(standard.get("reference", ""))
+    judged = kpi.model_copy(update={"min": lo, "max": hi})
+    result: dict[str, Any] = {
+        "name": kpi.name,
+        "mcptt": kpi.mcptt,
+        "metric": f"p{measured.get('percentile', 95):g}",
+        "unit": "ms",
+        "limit": limit_text(judged) if lo is not None or hi is not None else "none",
+        "min": lo,
+        "max": hi,
+        "samples": int(measured.get("samples") or 0),
+        "enough_samples": bool(measured.get("enough_samples")),
+        "reference": reference,
+        "definition": measured.get("definition", ""),
+    }
+    value = measured.get("value")
+    if not isinstance(value, int | float):
+        result.update(value=None, verdict="FAIL", note="no samples in the captures")
+    elif lo is None and hi is None:
+        result.update(value=value, verdict="FAIL", note="no limit to judge against")
+    else:
+        result.update(value=value, verdict="PASS" if _within(judged, value) else "FAIL")
+        if not result["enough_samples"]:
+            result["note"] = (
+                f"{result['samples']} samples are too few to claim the percentile "
+                f"(need {measured.get('min_samples', 59)})"
+            )
+    return result

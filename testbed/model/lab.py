@@ -24,7 +24,7 @@ DeviceKind = Literal[
     "power_supply",
     "scpi",
     "core",
-    "mcptt_server",
+    "mcptt",
 ]
 
 

@@ -233,18 +233,37 @@ class TimelineEvent(StrictModel):
     timeout_s: float = Field(default=10.0, gt=0, le=3600, description="Deadline of the action.")
 
 
+McpttKpi = Literal["kpi1", "kpi2", "kpi3", "kpi4", "preemption_revoke", "preemption_grant"]
+"""MCPTT KPIs measured from the captures (docs/mcptt.md): TS 22.179 KPI 1-4 and pre-emption."""
+MCPTT_KPIS_WITHOUT_LIMIT = ("preemption_revoke", "preemption_grant")
+"""TS 22.179 sets no limit on these: a profile that judges them gives its own."""
+
+
 class Kpi(StrictModel):
-    """A limit on a stream metric. ``max`` and/or ``min`` bound the value (inclusive)."""
+    """A limit on a stream metric (``stream`` and ``metric``) or on an MCPTT KPI measured from
+    the captures (``mcptt``). ``max`` and/or ``min`` bound the value (inclusive); an MCPTT KPI
+    of TS 22.179 (kpi1-kpi4) without them is judged against the TS 22.179 limit."""
 
     name: str = Field(min_length=1, max_length=120)
-    stream: Name
-    metric: Metric
+    stream: Name | None = None
+    metric: Metric | None = None
+    mcptt: McpttKpi | None = Field(
+        default=None, description="An MCPTT KPI (95th percentile) instead of a stream metric."
+    )
     max: float | None = None
     min: float | None = None
     reference: str = Field(default="", description="Where the definition and limit come from.")
 
     @model_validator(mode="after")
-    def _has_limit(self) -> Kpi:
+    def _has_subject_and_limit(self) -> Kpi:
+        if self.mcptt is not None:
+            if self.stream is not None or self.metric is not None:
+                raise ValueError("an mcptt KPI has no stream or metric: remove them")
+            if self.mcptt in MCPTT_KPIS_WITHOUT_LIMIT and self.max is None and self.min is None:
+                raise ValueError(f"{self.mcptt} has no TS 22.179 limit: give max or min")
+            return self
+        if self.stream is None or self.metric is None:
+            raise ValueError("a KPI judges a stream metric (stream and metric) or an mcptt KPI")
         if self.max is None and self.min is None:
             raise ValueError("a KPI needs a limit: max, min or both")
         return self

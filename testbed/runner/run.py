@@ -86,6 +86,7 @@ class _RunData:
     counters: dict[str, Any] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
     aborted: bool = False
+    mcptt: dict[str, Any] | None = None
 
 
 def new_run_id(profile: str) -> str:
@@ -232,7 +233,10 @@ class Runner:
                             current = (point.index, rep)
                             self._measure(point, rep, data)
                     if capture is not None:
-                        data.captures += _capture_entries(capture.stop(), record.path)
+                        captured = capture.stop()
+                        data.captures += _capture_entries(captured, record.path)
+                        if self._wants_mcptt():
+                            data.mcptt = _mcptt_block(captured, data.errors)
                 except RunInterrupted as exc:
                     data.aborted = True
                     data.errors.append(f"aborted by {exc}")
@@ -264,6 +268,11 @@ class Runner:
                 state.remove()
                 index.close()
         return RunOutcome(self.run_id, summary["verdict"], record.path, summary)
+
+    def _wants_mcptt(self) -> bool:
+        return any(k.mcptt for k in self.plan.kpis) or any(
+            d.kind == "mcptt" for d in self.plan.devices
+        )
 
     def _lease(self, index: Index) -> None:
         keys = [d.lease_key for d in self.plan.devices if d.lease_key]
@@ -507,7 +516,9 @@ class Runner:
     def _finish(
         self, record: RunRecord, index: Index, data: _RunData, started_at: float
     ) -> dict[str, Any]:
-        kpis = evaluate(self.plan.kpis, [s for s in data.streams if s.get("repetition")])
+        kpis = evaluate(
+            self.plan.kpis, [s for s in data.streams if s.get("repetition")], data.mcptt
+        )
         verdict = overall_verdict(data.aborted, data.errors, kpis)
         ended_at = time.time()
         summary = {
@@ -526,6 +537,8 @@ class Runner:
             "errors": data.errors,
             "signals": self._signals_seen,
         }
+        if data.mcptt is not None:
+            summary["mcptt"] = data.mcptt
         if len(self.plan.points) > 1:
             summary["sweep"] = sweep_table(self.plan.points, data.streams)
         self._emit(ev.RunFinished, verdict=verdict, errors=list(data.errors))
@@ -569,6 +582,17 @@ def _capture_entries(results: Sequence[CaptureResult], run_dir: Path) -> list[di
                 entry["notes"].append("the streams seen here miss the packets dumpcap dropped")
         entries.append(entry)
     return entries
+
+
+def _mcptt_block(results: Sequence[CaptureResult], errors: list[str]) -> dict[str, Any] | None:
+    """Floor control, call set-up, media and the MCPTT KPIs, from the captures alone."""
+    from testbed.analysis.mcptt import analyze_mcptt
+
+    try:
+        return analyze_mcptt([r.path for r in results], [r.name for r in results])
+    except AnalysisError as exc:
+        errors.append(f"MCPTT analysis of the captures failed: {exc}")
+        return None
 
 
 def _iso(ts: float) -> str:

@@ -104,6 +104,7 @@ def test_shipped_lab_loads() -> None:
         ("traffic", "traffic", "emulated"),
         ("capture", "capture", "dumpcap"),
         ("radio_channel", "impairment", "emulated"),
+        ("mcptt", "mcptt", "emulated"),
     }
     assert {x.name for x in lab.links if x.impaired_by == "radio_channel"} == {
         "radio_a1",

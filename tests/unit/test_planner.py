@@ -30,6 +30,7 @@ FAKE_DRIVERS: dict[tuple[str, str], frozenset[str]] = {
     ("capture", "dumpcap"): frozenset(),
     ("impairment", "netem"): frozenset({"apply", "clear"}),
     ("impairment", "emulated"): frozenset({"set", "clear", "outage_start", "outage_end"}),
+    ("mcptt", "emulated"): frozenset({"join", "ptt_press", "ptt_release"}),
 }
 
 
@@ -718,3 +719,23 @@ def test_unusable_explicit_addresses_are_reported(
         lab, _ = load_lab(path)
         make_plan(profile_of(), lab, fake_catalog)
     assert any(first.split("/")[0] in p for p in info.value.problems), info.value.problems
+
+
+def test_devices_outside_the_infrastructure_are_planned_only_when_the_timeline_uses_them(
+    shipped_lab: Lab,
+) -> None:
+    idle = make_plan(profile_of(), shipped_lab, fake_catalog)
+    assert "mcptt" not in {d.name for d in idle.devices}
+    assert {"net", "traffic", "capture", "radio_channel"} <= {d.name for d in idle.devices}
+    events = [{"at_s": 1, "device": "mcptt", "action": "join", "args": {"user": "ue_a1"}}]
+    used = make_plan(profile_of(timeline=events), shipped_lab, fake_catalog)
+    assert "mcptt" in {d.name for d in used.devices}
+
+
+def test_mcptt_kpis_need_captures(shipped_lab: Lab) -> None:
+    kpis = [{"name": "KPI 1", "mcptt": "kpi1"}]
+    assert plan_problems(profile_of(kpis=kpis), shipped_lab) == [
+        "profile: kpis.0.mcptt: MCPTT KPIs come from captures: list some"
+    ]
+    plan = make_plan(profile_of(kpis=kpis, captures=["ue_a1_radio"]), shipped_lab, fake_catalog)
+    assert plan.kpis[0].mcptt == "kpi1" and plan.kpis[0].max is None
