@@ -44,6 +44,7 @@ bench: env system-deps
 	$(PY) -m pip install -q --disable-pip-version-check -e '.[dev,bench]'
 	$(PY) bench/topology.py
 	$(PY) bench/impairment.py
+	$(PY) bench/priority.py
 	$(PY) bench/traffic.py
 	$(PY) bench/analysis.py
 

@@ -429,6 +429,15 @@ class NetemImpairment(Impairment):
                 wanted[side] = ImpairmentParams.from_dict({**current.to_dict(), **params})
             except ValueError as exc:
                 raise DriverError(self.name, f"link {link} {side}: {exc}") from None
+            if wanted[side].scheduler != "fifo":
+                # One netem qdisc is one FIFO: priority classes need an htb tree with a netem
+                # per class and DSCP filters, which this driver does not build yet. Refused,
+                # so that a profile never runs FIFO while it believes it has priority.
+                raise DriverError(
+                    self.name,
+                    f"link {link} {side}: scheduler={wanted[side].scheduler!r} is not supported "
+                    "by the netem driver (only fifo; the emulated relay has priority)",
+                )
         for side, new in wanted.items():
             self._install(link, side, new)
             self._params[(link, side)] = new

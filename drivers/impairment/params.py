@@ -12,7 +12,16 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Literal
 
-__all__ = ["MAX_DELAY_MS", "MAX_QUEUE_LIMIT", "ImpairmentParams"]
+__all__ = [
+    "ARP_CLASS",
+    "DEFAULT_CLASS",
+    "DSCP_CLASS",
+    "MAX_DELAY_MS",
+    "MAX_QUEUE_LIMIT",
+    "PRIORITY_CLASSES",
+    "ImpairmentParams",
+    "Scheduler",
+]
 
 MAX_DELAY_MS = 60_000.0
 """Longest delay or jitter accepted: beyond a minute it is a typo, not a link."""
@@ -22,6 +31,62 @@ MAX_QUEUE_LIMIT = 1_000_000
 
 JitterDistribution = Literal["uniform", "normal"]
 LossModel = Literal["random", "gilbert_elliott"]
+Scheduler = Literal["fifo", "priority"]
+
+# --------------------------------------------------------------------------------------------
+# Priority classes of the ``priority`` scheduler
+# --------------------------------------------------------------------------------------------
+
+PRIORITY_CLASSES = ("signalling", "voice", "data", "default")
+"""Strict-priority classes, highest first; a class is its index here. They follow the QCI
+scheduling priorities of TS 23.203 Table 6.1.7 (docs: shared spec mission-critical.md 5.1):
+0 = MC signalling, QCI 69 (priority 0.5); 1 = MCPTT voice, QCI 65 (0.7); 2 = MC data, QCI 70
+(5.5); 3 = default bearer, QCI 9 (9)."""
+
+DEFAULT_CLASS = 3
+"""Class of DF, of DSCPs the policy does not name and of non-IP frames other than ARP."""
+
+ARP_CLASS = 0
+"""ARP goes with signalling: a few tiny frames, and a link whose ARP a data flood starved would
+lose every class once the neighbour entries expired. IPv6 neighbour discovery (ICMPv6 types
+133-137 right after the fixed header) is classed the same way."""
+
+_DSCP_POLICY: dict[int, tuple[int, str]] = {
+    # DSCP: (class, name). No 3GPP-mandated mapping exists: this is OPERATOR POLICY [mem],
+    # after RFC 4594 and the expired draft-henry-tsvwg-diffserv-to-qci, as in the shared spec
+    # mission-critical.md 5.3 (DSCP table); check it against the lab's own policy.
+    56: (0, "CS7 network control"),
+    48: (0, "CS6 network control"),
+    40: (0, "CS5 MC signalling / IMS SIP, QCI 69 and 5"),
+    46: (1, "EF MCPTT voice, QCI 65 (and 1, 66)"),
+    44: (1, "VOICE-ADMIT (RFC 5865) voice"),
+    # Class 2, MC data: AF21 is MCData (QCI 70); the other AF classes and CS2-CS4 are marked
+    # traffic that is not best effort either. MCVideo (AF41, QCI 67, priority 1.5) ranks above
+    # QCI 70 in 5.1, but four strict classes have no slot between voice and data: in the voice
+    # class a video burst would delay MCPTT voice, so it shares the data class instead.
+    10: (2, "AF11 bulk"),
+    12: (2, "AF12"),
+    14: (2, "AF13"),
+    18: (2, "AF21 MCData, QCI 70"),
+    20: (2, "AF22"),
+    22: (2, "AF23"),
+    26: (2, "AF31 buffered streaming"),
+    28: (2, "AF32"),
+    30: (2, "AF33"),
+    34: (2, "AF41 MCVideo, QCI 67"),
+    36: (2, "AF42"),
+    38: (2, "AF43"),
+    16: (2, "CS2 OAM"),
+    24: (2, "CS3"),
+    32: (2, "CS4 real-time interactive"),
+    # Everything else is class 3: DF (0, QCI 9), CS1 (8, low-priority data, RFC 4594), LE
+    # (1, RFC 8622) and unassigned code points.
+}
+
+DSCP_CLASS: tuple[int, ...] = tuple(
+    _DSCP_POLICY[dscp][0] if dscp in _DSCP_POLICY else DEFAULT_CLASS for dscp in range(64)
+)
+"""Priority class of each DSCP (index 0-63): the one place the DSCP -> class policy lives."""
 
 _PERCENT_FIELDS = (
     "loss_pct",
@@ -72,15 +137,33 @@ class ImpairmentParams:
     ``reorder``); like tc, this needs a delay or jitter to reorder against."""
     rate_kbps: float | None = None
     """Bottleneck rate (1 kbps = 1000 bit/s of Ethernet frame bytes, no preamble or FCS): a
-    FIFO serialiser in front of the delay, so each frame waits for those ahead of it."""
+    serialiser in front of the delay, so each frame waits for those ahead of it (which frames
+    are ahead: ``scheduler``)."""
+    scheduler: Scheduler = "fifo"
+    """Queueing discipline of the rate-limited serialiser. ``fifo``: one tail-drop queue in
+    arrival order. ``priority``: strict priority between the classes of
+    :data:`PRIORITY_CLASSES`, chosen by the IPv4 DSCP or IPv6 traffic class through
+    :data:`DSCP_CLASS` (ARP: :data:`ARP_CLASS`; other non-IP frames: default). Each class has a
+    FIFO queue of its own; whenever the serialiser is free it takes the oldest frame of the
+    highest class that has one, so a flood in a lower class never delays a higher class by
+    more than the one frame being serialised (non-preemptive: a started frame finishes).
+    ``queue_limit_packets`` still bounds all the direction holds; when it is reached, a frame
+    pushes out the newest waiting frame of the lowest class below its own, and is tail-dropped
+    only when no lower class has a frame waiting, so a lower class filling the limit never
+    drops a higher one (frames already serialised and in the delay line are never pushed
+    out). Needs ``rate_kbps``; the delay, jitter and reorder apply after the serialiser, as
+    with ``fifo``. The order between classes is decided on the frames' kernel RX times, to
+    within the relay's read latency (tens of µs)."""
     queue_limit_packets: int = 1000
-    """Tail-drop limit of the rate queue and of everything the direction holds (netem's
-    ``limit``), so overload drops packets instead of growing the delay without bound."""
+    """Limit of the rate queue and of everything the direction holds (netem's ``limit``), so
+    overload drops packets instead of growing the delay without bound: tail drop with
+    ``scheduler="fifo"``, push-out of the lowest class with ``"priority"``."""
     outage: bool = False
     """Drop everything (a cut cable, a radio out of coverage)."""
 
     _DISTRIBUTIONS: ClassVar[tuple[str, ...]] = ("uniform", "normal")
     _LOSS_MODELS: ClassVar[tuple[str, ...]] = ("random", "gilbert_elliott")
+    _SCHEDULERS: ClassVar[tuple[str, ...]] = ("fifo", "priority")
 
     def __post_init__(self) -> None:
         for name in ("delay_ms", "jitter_ms"):
@@ -114,6 +197,13 @@ class ImpairmentParams:
             if rate <= 0.0:
                 raise ValueError(f"rate_kbps must be positive (or null for no limit), got {rate:g}")
             object.__setattr__(self, "rate_kbps", rate)
+        if self.scheduler not in self._SCHEDULERS:
+            raise ValueError(f"scheduler must be one of {self._SCHEDULERS}, got {self.scheduler!r}")
+        if self.scheduler == "priority" and self.rate_kbps is None:
+            raise ValueError(
+                "scheduler='priority' orders frames in the rate-limited serialiser: it needs "
+                "rate_kbps (without a bottleneck nothing waits and there is nothing to order)"
+            )
         raw: object = self.queue_limit_packets
         if isinstance(raw, float) and raw.is_integer():
             raw = int(raw)  # JSON writers may say 20.0

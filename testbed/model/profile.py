@@ -198,7 +198,8 @@ class Impairment(StrictModel):
     way. Semantics follow netem where netem has the same knob: jitter is added to the
     delay per packet (so it may reorder), ``reorder_pct`` sends that share of packets
     without the delay, ``rate_kbps`` serialises packets through a queue of
-    ``queue_limit_packets`` (tail drop beyond it).
+    ``queue_limit_packets`` (tail drop beyond it), in arrival order or, with
+    ``scheduler: priority``, by DSCP priority class.
     """
 
     link: Name
@@ -215,8 +216,26 @@ class Impairment(StrictModel):
     duplicate_pct: float = Field(default=0.0, ge=0, le=100)
     reorder_pct: float = Field(default=0.0, ge=0, le=100)
     rate_kbps: float | None = Field(default=None, gt=0)
+    scheduler: Literal["fifo", "priority"] = Field(
+        default="fifo",
+        description="Order of the rate_kbps queue. fifo: arrival order. priority: strict "
+        "priority by DSCP, highest first: signalling (CS5, CS6, CS7; QCI 69), voice (EF; QCI 65), "
+        "data (AF classes, CS2-CS4; QCI 70), default (DF and the rest; QCI 9), one queue each; "
+        "a full queue_limit_packets pushes out the lowest class first. Needs rate_kbps.",
+    )
     queue_limit_packets: int = Field(default=1000, ge=1, le=1_000_000)
     outage: bool = False
+
+    @model_validator(mode="after")
+    def _priority_needs_rate(self) -> Impairment:
+        if self.scheduler == "priority" and self.rate_kbps is None:
+            error = PydanticCustomError(
+                "scheduler_rate",
+                "scheduler: priority orders the rate_kbps queue; set rate_kbps (or use fifo)",
+            )
+            details: InitErrorDetails = {"type": error, "loc": ("scheduler",), "input": "priority"}
+            raise ValidationError.from_exception_data("Impairment", [details])
+        return self
 
     def engine_params(self) -> dict[str, Any]:
         """The parameters an impairment driver applies (everything but where)."""

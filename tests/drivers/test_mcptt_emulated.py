@@ -130,7 +130,7 @@ def test_bad_actions_are_refused_with_the_reason(
         device.perform("ptt_press", {"user": "ue1", "call_type": "urgent"})
     with pytest.raises(DriverError, match="priority must be an integer"):
         device.perform("ptt_press", {"user": "ue1", "priority": "high"})
-    with pytest.raises(DriverError, match="priority must be 0..255"):
+    with pytest.raises(DriverError, match=r"priority must be 0\.\.255"):
         device.perform("ptt_press", {"user": "ue1", "priority": 256})
     device.perform("ptt_press", {"user": "ue1"})
     with pytest.raises(DriverError, match="already pressed"):

@@ -428,6 +428,9 @@ def test_open_checks_interfaces_and_links(lab_ns: str, tmp_path: Path) -> None:
             driver.apply("wan", "forward", {"delay_ms": -1})
         with pytest.raises(DriverError, match="unknown impairment parameter"):
             driver.apply("wan", "both", {"dealy_ms": 10})
+        with pytest.raises(DriverError, match="link wan forward: scheduler='priority' is not"):
+            driver.apply("wan", "both", {"rate_kbps": 1000, "scheduler": "priority"})
+        assert _root_qdisc(lab_ns, "va").get_attr("TCA_KIND") == "noqueue"  # untouched
     finally:
         driver.close()
 

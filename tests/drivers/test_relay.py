@@ -32,12 +32,14 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from drivers.errors import DriverError  # noqa: E402
-from drivers.impairment.params import ImpairmentParams  # noqa: E402
+from drivers.impairment.params import DSCP_CLASS, PRIORITY_CLASSES, ImpairmentParams  # noqa: E402
 from drivers.impairment.relay import (  # noqa: E402
+    FLUSH,
     DirectionEngine,
     Relay,
     RelayControl,
     _LateHistogram,
+    classify,
     relay_command,
 )
 from drivers.netns.netlink import in_namespace  # noqa: E402
@@ -97,6 +99,8 @@ def test_defaults_are_pass_through_and_round_trip() -> None:
         ({"queue_limit_packets": 0}, "queue_limit_packets"),
         ({"queue_limit_packets": 2.5}, "integer"),
         ({"outage": 1}, "outage"),
+        ({"scheduler": "wfq", "rate_kbps": 100}, "scheduler must be one of"),
+        ({"scheduler": "priority"}, "needs rate_kbps"),
     ],
 )
 def test_invalid_params_are_refused(values: dict[str, Any], message: str) -> None:
@@ -196,6 +200,168 @@ def test_seeded_engines_repeat() -> None:
         return [sum(_admit_and_send(engine, i * MS)) for i in range(500)]
 
     assert pattern() == pattern()
+
+
+SIGNALLING, VOICE, DATA, DEFAULT = range(4)
+
+
+def _release_all(engine: DirectionEngine, horizon: int) -> list[tuple[int, int, bytes]]:
+    """Release up to ``horizon`` and pretend every frame was sent on time."""
+    out = engine.release(horizon)
+    for _due, cls, frame in out:
+        engine.sent(0, len(frame), cls)
+    return out
+
+
+def _class_conserved(engine: DirectionEngine) -> bool:
+    k = engine.classes
+    return all(
+        k.received[c] + k.duplicated[c] == k.forwarded[c] + k.dropped[c] + k.queued[c]
+        for c in range(len(PRIORITY_CLASSES))
+    )
+
+
+def test_priority_serves_the_highest_class_first_without_preemption() -> None:
+    engine = _engine(rate_kbps=1000, scheduler="priority", delay_ms=5)
+    frame = bytes(1250)  # 10 ms at 1 Mbit/s
+    engine.enqueue(0, frame, DEFAULT)
+    started = engine.release(0)  # the serialiser was idle: it starts at once
+    assert [(due, cls) for due, cls, _ in started] == [(15 * MS, DEFAULT)]
+    for i in range(3):
+        engine.enqueue(1 * MS + i, frame, DEFAULT)
+    engine.enqueue(2 * MS, frame, DATA)
+    engine.enqueue(3 * MS, frame, VOICE)
+    engine.enqueue(4 * MS, frame, SIGNALLING)
+    assert engine.release(9 * MS) == []  # the first frame is still being serialised
+    assert engine.next_start_ns() == 10 * MS
+    order = engine.release(FLUSH)
+    assert [cls for _, cls, _ in order] == [SIGNALLING, VOICE, DATA, DEFAULT, DEFAULT, DEFAULT]
+    assert [due for due, _, _ in order] == [(20 + 10 * i + 5) * MS for i in range(6)]
+    assert engine.waiting == 0 and engine.next_start_ns() is None
+
+
+def test_priority_decides_on_what_had_arrived_at_each_start() -> None:
+    engine = _engine(rate_kbps=1000, scheduler="priority")
+    frame = bytes(1250)
+    engine.enqueue(0, frame, DEFAULT)
+    engine.enqueue(5 * MS, frame, DEFAULT)
+    engine.enqueue(12 * MS, frame, VOICE)  # after the second DF frame's start at 10 ms
+    order = engine.release(FLUSH)
+    assert [(due // MS, cls) for due, cls, _ in order] == [(10, 3), (20, 3), (30, 1)]
+    # A horizon before a start leaves that frame waiting: a frame unseen yet could outrank it.
+    engine.enqueue(40 * MS, frame, DEFAULT)
+    engine.enqueue(41 * MS, frame, DEFAULT)
+    assert [due // MS for due, _, _ in engine.release(45 * MS)] == [50]
+    engine.enqueue(46 * MS, frame, SIGNALLING)
+    assert [(due // MS, cls) for due, cls, _ in engine.release(FLUSH)] == [(60, 0), (70, 3)]
+
+
+def test_priority_push_out_protects_higher_classes() -> None:
+    engine = _engine(rate_kbps=1000, scheduler="priority", queue_limit_packets=4)
+    frame = bytes(1250)
+    for i in range(6):  # one starts, three wait, two are tail-dropped
+        engine.enqueue(i, frame, DEFAULT)
+    engine.release(10)
+    assert engine.counters.dropped_queue == 2 and engine.counters.queued == 4
+    engine.enqueue(20, frame, VOICE)  # pushes out the newest DF frame
+    engine.enqueue(30, frame, DATA)  # and the next
+    engine.enqueue(40, frame, SIGNALLING)  # and the last one waiting
+    engine.enqueue(50, frame, SIGNALLING)  # nothing lower waits: it would push out DATA
+    engine.enqueue(60, frame, DEFAULT)  # the lowest class: tail drop
+    k = engine.classes
+    assert k.dropped == [0, 0, 1, 6] and engine.counters.dropped_queue == 7
+    assert engine.counters.queued == 4 and _class_conserved(engine) and _conserved(engine)
+    order = _release_all(engine, FLUSH)
+    assert [cls for _, cls, _ in order] == [SIGNALLING, SIGNALLING, VOICE]
+    engine.sent(0, len(frame), DEFAULT)  # the frame that was being serialised
+    assert k.forwarded == [2, 1, 0, 1] and engine.counters.queued == 0
+    assert _class_conserved(engine) and _conserved(engine)
+
+
+def test_priority_flood_leaves_voice_its_share() -> None:
+    """A DF flood at 150 % of the rate, a voice stream and a signalling stream: voice and
+    signalling lose nothing and wait at most one DF frame; the flood loses about a third."""
+    rate_kbps, df_len, ef_len = 2000, 1242, 122
+    engine = _engine(rate_kbps=rate_kbps, scheduler="priority", queue_limit_packets=50)
+    df_period = int(df_len * 8 * 1e6 / rate_kbps / 1.5)  # 150 % of the link
+    arrivals = [(i * df_period, DEFAULT, df_len) for i in range(int(10e9 / df_period))]
+    arrivals += [(i * 20 * MS + 7, VOICE, ef_len) for i in range(500)]
+    arrivals += [(i * 100 * MS + 3, SIGNALLING, 500) for i in range(100)]
+    arrivals.sort()
+    waits: dict[int, list[int]] = {VOICE: [], SIGNALLING: [], DEFAULT: []}
+    for rx_ns, cls, length in arrivals:
+        frame = bytes(length - 8) + rx_ns.to_bytes(8, "big")
+        engine.enqueue(rx_ns, frame, cls)
+        for due, c, f in _release_all(engine, rx_ns):
+            waits[c].append(due - int.from_bytes(f[-8:], "big"))
+    _release_all(engine, FLUSH)
+    k = engine.classes
+    assert k.dropped[VOICE] == k.dropped[SIGNALLING] == 0
+    assert k.forwarded[VOICE] == 500 and k.forwarded[SIGNALLING] == 100
+    # At most: the rest of the DF frame being serialised, a signalling frame, its own frame.
+    assert max(waits[VOICE]) <= (df_len + 500 + ef_len) * 8e6 / rate_kbps
+    assert max(waits[SIGNALLING]) <= (df_len + ef_len + 500) * 8e6 / rate_kbps
+    assert 0.25 < k.dropped[DEFAULT] / k.received[DEFAULT] < 0.4
+    assert _class_conserved(engine) and _conserved(engine)
+
+
+def test_leaving_priority_flushes_the_class_queues_in_order() -> None:
+    relay = Relay("a", "b", "/tmp/never-opened.sock", seed=3)
+    relay.close()
+    ok = relay.handle(
+        b'{"cmd": "set", "direction": "a_to_b", '
+        b'"params": {"rate_kbps": 1000, "scheduler": "priority"}}'
+    )
+    assert ok == {"ok": True}
+    engine = relay.engines[0]
+    for i, cls in enumerate((DEFAULT, DEFAULT, DATA, VOICE)):
+        engine.enqueue(i, bytes(1250), cls)
+    relay._release(0, 10)
+    assert len(relay._heap) == 1 and engine.waiting == 3
+    assert relay.handle(b'{"cmd": "clear"}') == {"ok": True}  # back to pass-through
+    assert engine.waiting == 0 and len(relay._heap) == 4
+    slots = [slot for _due, _seq, slot, _frame in sorted(relay._heap)]
+    assert slots == [DEFAULT, VOICE, DATA, DEFAULT]  # direction a_to_b = 0 in the high bits
+    assert relay.counters()["a_to_b"]["classes"]["voice"]["queued"] == 1
+
+
+def _ipv4(dscp: int, ecn: int = 0, vlan: tuple[int, ...] = ()) -> bytes:
+    eth = bytes(12)
+    for tpid in vlan:
+        eth += struct.pack("!HH", tpid, 100)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, dscp << 2 | ecn, 28, 0, 0, 64, 17, 0,
+                         bytes(4), bytes(4))  # fmt: skip
+    return eth + b"\x08\x00" + header + bytes(8)
+
+
+def _ipv6(dscp: int, next_header: int = 17, first: int = 0) -> bytes:
+    tclass = dscp << 2 | 1  # ECN bit set: must not matter
+    word = 6 << 28 | tclass << 20 | 0x12345
+    header = struct.pack("!IHBB16s16s", word, 8, next_header, 64, bytes(16), bytes(16))
+    return bytes(12) + b"\x86\xdd" + header + bytes([first]) + bytes(7)
+
+
+def test_classifier_on_crafted_frames() -> None:
+    expected = {0: 3, 8: 3, 1: 3, 10: 2, 16: 2, 18: 2, 24: 2, 26: 2, 32: 2, 34: 2,
+                40: 0, 44: 1, 46: 1, 48: 0, 56: 0, 63: 3}  # fmt: skip
+    for dscp, cls in expected.items():
+        assert DSCP_CLASS[dscp] == cls, dscp
+        assert classify(_ipv4(dscp, ecn=3)) == cls, dscp
+        assert classify(_ipv4(dscp, vlan=(0x8100,))) == cls, dscp
+        assert classify(_ipv4(dscp, vlan=(0x88A8, 0x8100))) == cls, dscp
+        assert classify(_ipv6(dscp)) == cls, dscp
+    assert [classify(_ipv4(d)) for d in range(64)] == list(DSCP_CLASS)
+    arp = bytes(12) + b"\x08\x06" + bytes(28)
+    lldp = bytes(12) + b"\x88\xcc" + bytes(40)
+    assert classify(arp) == SIGNALLING and classify(lldp) == DEFAULT
+    assert classify(_ipv6(0, next_header=58, first=135)) == SIGNALLING  # neighbour solicitation
+    assert classify(_ipv6(0, next_header=58, first=128)) == DEFAULT  # echo request
+    assert classify(_ipv4(46)[:15]) == DEFAULT  # truncated
+    assert classify(bytes(10)) == DEFAULT
+    buffer = bytearray(2048)
+    frame = _ipv4(46)
+    buffer[: len(frame)] = frame
+    assert classify(memoryview(buffer), len(frame)) == VOICE
 
 
 def test_late_histogram_percentiles() -> None:
@@ -389,6 +555,7 @@ class Receiver:
 
     namespace: str
     bind_ip: str
+    port: int = PORT
     arrivals: list[Arrival] = field(default_factory=list)
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
@@ -397,7 +564,7 @@ class Receiver:
         sock = _udp_socket(self.namespace)
         sock.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        sock.bind((self.bind_ip, PORT))
+        sock.bind((self.bind_ip, self.port))
         sock.settimeout(0.05)
         self._thread = threading.Thread(target=self._run, args=(sock,), daemon=True)
         self._thread.start()
@@ -436,10 +603,14 @@ def send_stream(
     count: int,
     payload_bytes: int = 100,
     at: Callable[[int], None] | None = None,
+    *,
+    dscp: int = 0,
+    port: int = PORT,
 ) -> None:
     """Sleep-paced probes; the TX time is stamped just before ``sendto``. ``at(i)`` is called
     before packet i (lets a test act mid-stream)."""
     sock = _udp_socket(namespace)
+    sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, dscp << 2)
     padding = bytes(payload_bytes - _PROBE.size)
     period_ns = int(1e9 / rate_pps)
     start = time.monotonic_ns() + 5 * MS
@@ -451,7 +622,7 @@ def send_stream(
             if delay > 0:
                 time.sleep(delay / 1e9)
             tx_ns = time.time_ns()
-            sock.sendto(_PROBE.pack(i, tx_ns) + padding, (dst_ip, PORT))
+            sock.sendto(_PROBE.pack(i, tx_ns) + padding, (dst_ip, port))
 
 
 def _settle() -> None:
@@ -699,3 +870,98 @@ def test_start_up_failures_and_stale_socket(lab: Lab, tmp_path: Path) -> None:
         if first.stderr is not None:
             first.stderr.close()
         control.unlink(missing_ok=True)
+
+
+@dataclass
+class Mix:
+    """What a flood + voice + signalling run through the relay delivered."""
+
+    flood: Receiver
+    voice: Receiver
+    signalling: Receiver
+    counters: dict[str, Any]
+    sent: dict[str, int]
+
+
+def _flood_with_voice(lab: Lab, relay: RelayProc, scheduler: str) -> Mix:
+    """A DF flood at 150 % of a 1 Mbit/s link (1042-byte frames, 8.3 ms each), an EF stream
+    (50 packets/s) and a CS5 stream (20 packets/s) for 3 s, 20 ms delay, queue limit 20."""
+    rate_kbps, payload = 1000, 1000
+    frame_bits = (payload + 42) * 8
+    flood_pps = 1.5 * rate_kbps * 1000 / frame_bits
+    duration_s = 3.0
+    relay.control.set(
+        "a_to_b",
+        ImpairmentParams(
+            delay_ms=20, rate_kbps=rate_kbps, scheduler=scheduler, queue_limit_packets=20
+        ),
+    )
+    sent = {"flood": int(flood_pps * duration_s), "voice": 150, "signalling": 60}
+    with (
+        Receiver(lab.b, B_IP, PORT) as flood,
+        Receiver(lab.b, B_IP, PORT + 1) as voice,
+        Receiver(lab.b, B_IP, PORT + 2) as signalling,
+    ):
+        streams = [
+            (flood_pps, sent["flood"], payload, 0, PORT),
+            (50, sent["voice"], 100, 46, PORT + 1),
+            (20, sent["signalling"], 300, 40, PORT + 2),
+        ]
+        threads = [
+            threading.Thread(
+                target=send_stream,
+                args=(lab.a, B_IP, rate, count, size),
+                kwargs={"dscp": dscp, "port": port},
+            )
+            for rate, count, size, dscp, port in streams
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        time.sleep(0.05 + 22 * frame_bits / (rate_kbps * 1000))  # the queue drains
+        _settle()
+    counters = relay.control.counters()["a_to_b"]
+    return Mix(flood, voice, signalling, counters, sent)
+
+
+@pytest.mark.netns
+def test_priority_scheduler_protects_voice_from_a_flood(lab: Lab, relay: RelayProc) -> None:
+    mix = _flood_with_voice(lab, relay, "priority")
+    print(
+        f"\npriority: voice OWD p50 {statistics.median(mix.voice.owd_ms()):.1f} ms, max "
+        f"{max(mix.voice.owd_ms(), default=math.nan):.1f} ms; signalling max "
+        f"{max(mix.signalling.owd_ms(), default=math.nan):.1f} ms; flood loss "
+        f"{1 - len(mix.flood.arrivals) / mix.sent['flood']:.1%}"
+    )
+    for name, rx in (("voice", mix.voice), ("signalling", mix.signalling)):
+        assert sorted(a.seq for a in rx.arrivals) == list(range(mix.sent[name])), name
+        # 20 ms delay + at most one 8.3 ms flood frame ahead (+ their own), with room for a
+        # busy machine; FIFO puts voice ~110 ms above the delay (a full 20-frame queue).
+        owd = rx.owd_ms()
+        assert _percentile(owd, 95) < 20 + 20 and max(owd) < 20 + 50, (name, sorted(owd)[-5:])
+    flood_loss = 1 - len(mix.flood.arrivals) / mix.sent["flood"]
+    assert 0.2 < flood_loss < 0.5, flood_loss
+    classes = mix.counters["classes"]
+    assert classes["voice"]["dropped"] == 0 and classes["signalling"]["dropped"] == 0
+    assert classes["voice"]["forwarded"] == mix.sent["voice"]
+    assert classes["default"]["dropped"] == mix.sent["flood"] - len(mix.flood.arrivals)
+    assert classes["default"]["dropped"] == mix.counters["dropped_queue"]
+    _assert_conserved(mix.counters)
+    for name in PRIORITY_CLASSES:
+        c = classes[name]
+        assert c["received"] + c["duplicated"] == c["forwarded"] + c["dropped"] + c["queued"]
+
+
+@pytest.mark.netns
+def test_fifo_lets_the_flood_hurt_voice(lab: Lab, relay: RelayProc) -> None:
+    """The contrast that shows the priority scheduler at work: the same mix through FIFO."""
+    mix = _flood_with_voice(lab, relay, "fifo")
+    voice_loss = 1 - len({a.seq for a in mix.voice.arrivals}) / mix.sent["voice"]
+    voice_p50 = statistics.median(mix.voice.owd_ms()) if mix.voice.arrivals else math.inf
+    print(f"\nfifo: voice loss {voice_loss:.1%}, OWD p50 {voice_p50:.1f} ms")
+    # A full 20-frame FIFO is ~170 ms of queue: voice waits behind it or is dropped.
+    assert voice_loss > 0.1 or voice_p50 > 20 + 50, (voice_loss, voice_p50)
+    classes = mix.counters["classes"]
+    assert sum(c["dropped"] for c in classes.values()) == mix.counters["dropped_queue"]
+    _assert_conserved(mix.counters)
