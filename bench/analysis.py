@@ -7,30 +7,38 @@ streams (our ``b"TBPR"`` header) the rest, over about three minutes of capture t
 random loss plus a loss burst per stream, delay spikes that reorder, a few duplicates and
 wrapping RTP sequence numbers, all frame sizes interleaved as on a real link. It then times, in
 a fresh child process, the step from capture file to per-stream metrics (``analyze_captures``,
-RTP found by its heuristic, no port hints; ``--repeat`` runs on a file in the page cache, import
-time excluded; packets/s from the best run, the median shown beside it since the machine is
-shared), plus the reader alone, and reports the child's PEAK RSS, ``VmHWM`` from
-``/proc/self/status`` (getrusage's ``ru_maxrss`` is not used: it carries the parent's RSS across
-fork and exec). The same on a capture of N/4 packets shows how the peak grows with N: the reader
-is chunked and should stay flat, whereas the analysis keeps compact columns per packet of
-interest (44 bytes per RTP and 30 per probe packet, then copies and sorts them), so its growth
-per extra packet is printed beside the file's bytes per packet. A row with every frame padded
-to one size shows the reader's best case. References on the same file in the same run:
-``tshark -n -q -z rtp,streams`` with the RTP ports given by ``-d`` and with Wireshark's RTP
-heuristic instead (one run each, wall time including start-up, peak RSS from sampling its
-``VmHWM``), and pyshark, default (PDML) mode and ``use_json=True``, on the first
-``--pyshark-packets`` packets only, pulling out the fields a metric needs but computing no
-metric, timed from its first packet (both favour pyshark), packets/s EXTRAPOLATED to the whole
-file. "ours / it" divides packets/s, so above 1 means ours is faster. The issue's targets (at
-least 1 M packets/s; more than 1000 times pyshark in its default mode; at least 3 times
-tshark's own RTP statistics, its faster variant) print PASS or MISS. Last, a correctness
-check: every stream's packet count against the generator, and our PT 0 figures (packets, lost,
-max delta, mean and max jitter) against tshark's table, as the largest differences (tshark
-prints 3 decimals, so up to 0.0015 ms is rounding; for ``lost`` it counts up to a stream's last
-captured packet where RFC 3550 counts up to the highest, as documented in ``rtp.py``, and the
-check applies that rule). Progress goes to stderr, results to stdout; temporary files go in a
-temporary directory removed at the end. Run as ``.venv/bin/python bench/analysis.py [--packets
-1000000] [--pyshark-packets 5000] [--repeat 5]``.
+RTP found by its heuristic, no port hints, PT 96 given its 16 kHz clock as SDP would;
+``--repeat`` runs on a file in the page cache, import time excluded; packets/s from the best
+run, the median shown beside it since the machine is shared), plus the reader alone.
+
+Memory, each figure from a child process of its own so that measurements do not pollute each
+other: the child's peak RSS, ``VmHWM`` from ``/proc/self/status`` (getrusage's ``ru_maxrss`` is
+not used: it carries the parent's RSS across fork and exec), and, in another child, the peak of
+the analysis's own allocations under ``tracemalloc`` (numpy's included, the interpreter's and
+imports' not). Both on the N-packet capture and on a capture of 2N packets: the analysis
+streams the file in chunks and keeps per-stream state, so the peak should not grow with N
+except by the probe streams' one-way delays (4 bytes per probe packet, kept for exact
+percentiles); the growth per extra packet is printed beside the file's bytes per packet. A row
+with every frame padded to one size shows the reader's best case.
+
+References on the same file in the same run: ``tshark -n -q -z rtp,streams`` with the RTP
+ports given by ``-d`` and with Wireshark's RTP heuristic instead (both with ``-d
+rtp.pt==96,amr_wb``, Decode As giving PT 96 the AMR-WB clock; one run each, wall time including
+start-up, peak RSS from sampling its ``VmHWM``), and pyshark, default (PDML) mode and
+``use_json=True``, on the first ``--pyshark-packets`` packets only, pulling out the fields a
+metric needs but computing no metric, timed from its first packet (both favour pyshark),
+packets/s EXTRAPOLATED to the whole file. "ours / it" divides packets/s, so above 1 means ours
+is faster. The issue's targets (at least 1 M packets/s; more than 1000 times pyshark in its
+default mode; at least 3 times tshark's own RTP statistics, its faster variant; a peak that does
+not grow with the capture beyond the delay samples) print PASS or MISS. Last, a correctness
+check: every stream's packet count against the generator, and our RTP figures (packets, lost,
+max delta, mean and max jitter) against tshark's table for every PT 0 and PT 96 stream, as the
+largest differences (tshark prints 3 decimals, so up to 0.0015 ms is rounding; for ``lost`` it
+counts up to a stream's last captured packet where RFC 3550 counts up to the highest, as
+documented in ``rtp.py``, and the check applies that rule). Progress goes to stderr, results to
+stdout; temporary files go in a temporary directory removed at the end. Run as
+``.venv/bin/python bench/analysis.py [--packets 1000000] [--pyshark-packets 5000] [--repeat
+5]``.
 """
 
 from __future__ import annotations
@@ -73,7 +81,14 @@ SNAPLEN = 262144
 TARGET_PPS = 1_000_000
 TARGET_VS_PYSHARK = 1000.0
 TARGET_VS_TSHARK = 3.0
+MAX_GROWTH_BYTES = 8.0
 TSHARK_ROUNDING_MS = 0.0015
+# What SDP would say about the dynamic payload type, for us and (Decode As) for tshark.
+CLOCK_RATES = {96: 16000}
+TSHARK_PT96 = "rtp.pt==96,amr_wb"
+TSHARK_PAYLOADS = {"g711U": N_PCMU, "amr-wb": N_AMRWB}
+# Bytes per probe packet the analysis keeps (one-way delay, int32 ns) for exact percentiles.
+DELAY_BYTES = 4
 
 _U8 = npt.NDArray[np.uint8]
 _I64 = npt.NDArray[np.int64]
@@ -358,7 +373,7 @@ def child_main(path: str, repeat: int, out: str | None) -> None:
     result: dict[str, Any] = {}
     for _ in range(repeat):
         t0 = time.perf_counter()
-        result = analyze_captures([path])
+        result = analyze_captures([path], clock_rates=CLOCK_RATES)
         times.append(time.perf_counter() - t0)
     peak = vm_hwm_mb()
     if out:
@@ -378,6 +393,28 @@ def child_main(path: str, repeat: int, out: str | None) -> None:
             }
         )
     )
+
+
+def child_trace(path: str) -> None:
+    """One analysis under tracemalloc: the peak of what it allocates (numpy arrays included)."""
+    import tracemalloc
+
+    from testbed.analysis.passive import analyze_captures
+
+    tracemalloc.start()
+    result = analyze_captures([path], clock_rates=CLOCK_RATES)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    print(json.dumps({"traced_peak_mb": peak / 1e6, "packets": result["captures"][0]["packets"]}))
+
+
+def run_traced(path: Path) -> dict[str, Any]:
+    cmd = [sys.executable, __file__, "--child", str(path), "--trace"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise RuntimeError(f"tracing child failed ({proc.returncode}):\n{proc.stderr}")
+    res: dict[str, Any] = json.loads(proc.stdout.strip().splitlines()[-1])
+    return res
 
 
 def run_ours(path: Path, repeat: int, out: Path | None = None) -> dict[str, Any]:
@@ -454,7 +491,7 @@ def rtp_port_range() -> str:
 
 
 def tshark_cmd(tshark: str, path: Path, heuristic: bool) -> list[str]:
-    cmd = [tshark, "-n", "-q", "-r", str(path), "-z", "rtp,streams"]
+    cmd = [tshark, "-n", "-q", "-r", str(path), "-d", TSHARK_PT96, "-z", "rtp,streams"]
     if heuristic:
         return [*cmd, "--enable-heuristic", "rtp_udp"]
     return [*cmd, "-d", f"udp.port=={rtp_port_range()},rtp"]
@@ -543,14 +580,15 @@ def check_against_tshark(
     theirs: dict[int, dict[str, Any]],
     truth: dict[tuple[str, int], dict[str, int]],
 ) -> list[str]:
-    """Lines describing the largest differences between our PT 0 streams and tshark's."""
+    """Lines describing the largest differences between our RTP streams and tshark's: PT 0
+    (PCMU) and PT 96 (AMR-WB, whose clock both sides were given)."""
     by_ssrc = {int(s["ssrc"], 16): s for s in ours["rtp_streams"]}
-    pt0 = {ssrc: t for ssrc, t in theirs.items() if t["payload"] == "g711U"}
-    missing = sorted(set(pt0) - set(by_ssrc))
+    rtp = {ssrc: t for ssrc, t in theirs.items() if t["payload"] in TSHARK_PAYLOADS}
+    missing = sorted(set(rtp) - set(by_ssrc))
     diff_pk = diff_lost = diff_lost_adj = 0
     diff_ms = {"max_delta_ms": 0.0, "mean_jitter_ms": 0.0, "max_jitter_ms": 0.0}
     explained = 0
-    for ssrc, t in pt0.items():
+    for ssrc, t in rtp.items():
         s = by_ssrc.get(ssrc)
         if s is None:
             continue
@@ -562,17 +600,20 @@ def check_against_tshark(
         explained += bool(d and d == late_by)
         for key in diff_ms:
             diff_ms[key] = max(diff_ms[key], abs((s[key] or 0.0) - t[key]))
-    ours_pt0 = sum(s["payload_type"] == 0 for s in by_ssrc.values())
+    counts = {name: sum(t["payload"] == name for t in rtp.values()) for name in TSHARK_PAYLOADS}
+    ours_pt = {pt: sum(s["payload_type"] == pt for s in by_ssrc.values()) for pt in (0, 96)}
     ok = (
-        len(pt0) == ours_pt0 == N_PCMU
+        counts == TSHARK_PAYLOADS
+        and ours_pt == {0: N_PCMU, 96: N_AMRWB}
         and not missing
         and diff_pk == 0
         and diff_lost_adj == 0
         and all(v <= TSHARK_ROUNDING_MS for v in diff_ms.values())
     )
     return [
-        f"PT 0 streams: tshark {len(pt0)}, ours {ours_pt0}, generated {N_PCMU}; "
-        f"tshark's missing from ours: {len(missing)}",
+        f"streams PT 0 / PT 96: tshark {counts['g711U']} / {counts['amr-wb']}, ours "
+        f"{ours_pt[0]} / {ours_pt[96]}, generated {N_PCMU} / {N_AMRWB}; tshark's missing from "
+        f"ours: {len(missing)}",
         f"max |ours - tshark|: packets {diff_pk}, lost {diff_lost} ({diff_lost_adj} once "
         f"tshark's rule is applied: it counts up to the last packet, RFC 3550 up to the "
         f"highest; {explained} stream(s) with a late last packet)",
@@ -609,7 +650,11 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-out", help=argparse.SUPPRESS)
+    ap.add_argument("--trace", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.child and args.trace:
+        child_trace(args.child)
+        return 0
     if args.child:
         child_main(args.child, args.repeat, args.child_out)
         return 0
@@ -630,7 +675,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
         "pcap": tmp / "capture.pcap",
         "one_size": tmp / "one-size.pcapng",
         "prefix": tmp / "prefix.pcapng",
-        "quarter": tmp / "quarter.pcapng",
+        "double": tmp / "double.pcapng",
     }
     write_capture(files["pcapng"], "pcapng", table, streams)
     write_capture(files["pcap"], "pcap", table, streams)
@@ -638,18 +683,20 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
     write_capture(files["prefix"], "pcapng", table[:m], streams)
     truth = truth_of(table, streams)
     del table
-    small_table, _ = make_packets(n // 4, args.seed + 1)
-    write_capture(files["quarter"], "pcapng", small_table, streams)
-    del small_table
+    big_table, _ = make_packets(2 * n, args.seed + 1)
+    write_capture(files["double"], "pcapng", big_table, streams)
+    del big_table
     log(f"wrote the captures in {time.perf_counter() - t0:.1f} s")
     size_mb = {k: p.stat().st_size / 1e6 for k, p in files.items()}
 
     log("our analysis (child processes)")
     result_path = tmp / "ours.json"
     ours = {"pcapng": run_ours(files["pcapng"], args.repeat, result_path)}
-    for key in ("pcap", "one_size", "quarter"):
+    for key in ("pcap", "one_size", "double"):
         ours[key] = run_ours(files[key], args.repeat)
     ours_result = json.loads(result_path.read_text())
+    log("our analysis under tracemalloc (child processes)")
+    traced = {key: run_traced(files[key]) for key in ("pcapng", "double")}
 
     tshark = shutil.which("tshark")
     tsh: dict[str, Timed] = {}
@@ -675,7 +722,7 @@ def run(args: argparse.Namespace, tmp: Path) -> int:
                 raise RuntimeError(f"pyshark read {got} packets of {m}")
             pysh[name] = pps
 
-    report(args, n, m, streams, size_mb, ours, ours_result, tsh, pysh, pysh_note, truth)
+    report(args, n, m, streams, size_mb, ours, traced, ours_result, tsh, pysh, pysh_note, truth)
     return 0
 
 
@@ -686,6 +733,7 @@ def report(
     streams: list[Stream],
     size_mb: dict[str, float],
     ours: dict[str, dict[str, Any]],
+    traced: dict[str, dict[str, Any]],
     ours_result: dict[str, Any],
     tsh: dict[str, Timed],
     pysh: dict[str, float],
@@ -711,7 +759,7 @@ def report(
         ("pcapng", "ours analyze_captures, pcapng"),
         ("pcap", "ours analyze_captures, pcap"),
         ("one_size", "ours, pcapng, frames of one size"),
-        ("quarter", "ours analyze_captures, pcapng N/4"),
+        ("double", "ours analyze_captures, pcapng 2N"),
     ):
         r = ours[key]
         rows.append(
@@ -776,19 +824,27 @@ def report(
     if pysh_note:
         print(pysh_note)
 
-    q = ours["quarter"]
-    extra = max(main_res["packets"] - q["packets"], 1)
+    big = ours["double"]
+    extra = max(big["packets"] - main_res["packets"], 1)
+    delays = DELAY_BYTES * (1 - RTP_SHARE)
     print(
-        f"\nMemory: peak RSS = VmHWM of the analysing child; its RSS after imports was "
-        f"{main_res['base_mb']:.0f} MB."
+        f"\nMemory, N = {main_res['packets']:,} and 2N = {big['packets']:,} packets, each figure "
+        f"from a child process of its own (RSS after imports: {main_res['base_mb']:.0f} MB). "
+        f"The pcapng holds {size_mb['pcapng'] * 1e6 / n:.0f} bytes per packet; what the analysis "
+        f"keeps per packet is the probe streams' one-way delays, {DELAY_BYTES} bytes per probe "
+        f"packet = {delays:.1f} per packet here (exact percentiles need them all)."
     )
-    for label, key in (("reader alone", "read_peak_mb"), ("whole analysis", "peak_mb")):
-        low, high = q[key], main_res[key]
+    growth: dict[str, float] = {}
+    for label, key, source in (
+        ("peak RSS, reader alone", "read_peak_mb", ours),
+        ("peak RSS, whole analysis", "peak_mb", ours),
+        ("tracemalloc peak, analysis", "traced_peak_mb", traced),
+    ):
+        low, high = source["pcapng"][key], source["double"][key]
+        growth[key] = (high - low) * 1e6 / extra
         print(
-            f"  {label:<15} N/4 {low:5.0f} MB -> N {high:5.0f} MB: x{high / low:.2f} for 4x the "
-            f"packets, {(high - low) * 1e6 / extra:4.0f} bytes per extra packet "
-            f"(the pcapng holds {size_mb['pcapng'] * 1e6 / n:.0f} per packet) -> "
-            f"{'bounded' if high <= 1.25 * low else 'grows with N'}"
+            f"  {label:<27} N {low:6.1f} MB -> 2N {high:6.1f} MB: "
+            f"{growth[key]:+5.1f} bytes per extra packet"
         )
 
     print("\nTargets from the issue:")
@@ -813,6 +869,12 @@ def report(
         )
     else:
         print("  ----  several times tshark: not measured (tshark missing)")
+    print(
+        f"  {verdict(growth['peak_mb'] <= MAX_GROWTH_BYTES)}  memory bounded, peak RSS growing by "
+        f"at most {MAX_GROWTH_BYTES:.0f} bytes per extra packet (delay samples and noise): "
+        f"{growth['peak_mb']:+.1f} (tracemalloc: {growth['traced_peak_mb']:+.1f}); "
+        f"peak {main_res['peak_mb']:.0f} MB for N, {big['peak_mb']:.0f} MB for 2N"
+    )
 
     print("\nCorrectness:")
     wrong = [

@@ -208,7 +208,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     from testbed.errors import AnalysisError
 
     try:
-        report = analyze_captures(args.captures, decode_as=args.decode_as or ())
+        rates = _clock_rates(args.clock_rate or ())
+        report = analyze_captures(args.captures, decode_as=args.decode_as or (), clock_rates=rates)
         report["mcptt"] = analyze_mcptt(args.captures)
     except AnalysisError as exc:
         _err(f"testbed analyze: {exc}")
@@ -246,6 +247,18 @@ def cmd_analyze(args: argparse.Namespace) -> int:
             )
     _print_mcptt(report["mcptt"])
     return EXIT_PASS
+
+
+def _clock_rates(values: Sequence[str]) -> dict[int, int]:
+    from testbed.errors import AnalysisError
+
+    rates = {}
+    for value in values:
+        pt, sep, hz = value.partition("=")
+        if not (sep and pt.isdigit() and hz.isdigit() and 0 <= int(pt) <= 127 and int(hz) > 0):
+            raise AnalysisError(f"--clock-rate {value!r}: give PT=HZ, e.g. 96=16000")
+        rates[int(pt)] = int(hz)
+    return rates
 
 
 def _print_mcptt(block: dict[str, Any]) -> None:
@@ -355,6 +368,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="udp.port==N,rtp",
         help="treat a UDP port as RTP even when the heuristic would not (tshark syntax)",
+    )
+    p.add_argument(
+        "--clock-rate",
+        action="append",
+        metavar="PT=HZ",
+        help="RTP clock rate of a dynamic payload type (what SDP would say), e.g. 96=16000 "
+        "for AMR-WB; without it such streams get no jitter",
     )
     p.set_defaults(func=cmd_analyze)
 

@@ -53,7 +53,8 @@ Decisions on ambiguous cases:
 * Talk bursts (KPI 3): the talker's packets (source = its IP, one SSRC) in order of departure;
   a new burst starts at a Floor Granted to the talker, at an RTP marker bit, or after a gap of
   more than :data:`BURST_GAP_S`. Listeners are the participants that received any packet of the
-  burst; one whose capture lacks the burst's first packet gets an entry with ``latency_ms``
+  burst; one whose capture lacks the burst's first packet (lost on the way, even if a capture
+  on the way saw it; or the first packet never left) gets an entry with ``latency_ms``
   ``null`` (counted as ``missing`` in the KPI, not as a sample), unless it joined during the
   burst (a late entry: ``note`` says so, nothing is missing). Packets are matched across
   captures by (SSRC, sequence number, RTP timestamp).
@@ -1228,8 +1229,12 @@ def analyze_mcptt(paths: Sequence[Path], names: Sequence[str] | None = None) -> 
                 "arrival_capture": None,
                 "latency_ms": None,
             }
+            home_cap = home_by_ip.get(listener)
+            if home_cap is not None:
+                # seen on the way (e.g. at the server) but not at the listener: it was lost
+                rows = rows[media.cap[rows] == home_cap]
             if rows.size:
-                k = int(rows[_pick(media.cap[rows], media.ts[rows], home_by_ip.get(listener))])
+                k = int(rows[_pick(media.cap[rows], media.ts[rows], home_cap)])
                 arr_cap = int(media.cap[k])
                 entry["arrival_capture"] = names_.cap(arr_cap)
                 entry["latency_ms"] = sample("kpi3", int(media.ts[k]) - b.ts, b.cap, arr_cap)

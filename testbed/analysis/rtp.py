@@ -10,7 +10,8 @@ exactly 1, and whose timestamps move with them. ``decode_as`` entries in tshark'
 definitions shared with the probe streams (:func:`testbed.analysis.streams.stream_metrics`;
 loss per RFC 3550 A.3), and Wireshark's running statistics (max delta, mean and max jitter of
 ``tshark -q -z rtp,streams``) reproduced packet for packet, so that a figure can be checked in
-Wireshark. Candidates are reduced chunk by chunk to a compact table and grouped with one sort.
+Wireshark. The capture is streamed: each chunk's candidates are grouped by flow with one sort
+and folded into per-flow state, so nothing is kept per packet (see :class:`RtpAnalyzer`).
 """
 
 from __future__ import annotations
@@ -18,12 +19,19 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from testbed.analysis.pcap import PacketArray
-from testbed.analysis.streams import stream_metrics
+from testbed.analysis.streams import (
+    NO_STREAM,
+    Segments,
+    StreamAccumulator,
+    StreamKeys,
+    linear_recurrence,
+)
 from testbed.errors import AnalysisError
 
 __all__ = [
@@ -83,30 +91,15 @@ STATIC_CLOCK_RATES: Mapping[int, int] = {
 }
 _PT_CN = (13, 19)
 
-_CANDIDATE_DTYPE = np.dtype(
-    [
-        ("ts_ns", "<i8"),
-        ("frame", "<u8"),
-        ("src", "<u4"),
-        ("dst", "<u4"),
-        ("ssrc", "<u4"),
-        ("rtp_ts", "<u4"),
-        ("sport", "<u2"),
-        ("dport", "<u2"),
-        ("seq", "<u2"),
-        ("b1", "u1"),  # marker bit and payload type
-    ]
-)
 _DECODE_AS = re.compile(
     r"^\s*udp\.port\s*==\s*(\d+)(?:\s*-\s*(\d+))?\s*,\s*rtp\s*$", flags=re.IGNORECASE
 )
 _NS_PER_MS = 1_000_000.0
 _NS_PER_S = 1_000_000_000.0
 _MS_DECIMALS = 4
-_JITTER_BLOCK = 128
 
-_F64 = npt.NDArray[np.float64]
 _I64 = npt.NDArray[np.int64]
+_U64 = npt.NDArray[np.uint64]
 
 
 def parse_decode_as(specs: Iterable[str]) -> frozenset[int]:
@@ -152,7 +145,7 @@ class RtpStream:
       first packet's payload type gives the clock; packets of another type (comfort noise,
       DTMF events) are converted with it too.
     * ``mean_jitter_ms``, ``max_jitter_ms``, ``max_delta_ms``: Wireshark's running statistics,
-      reproduced exactly (see :func:`_wireshark_stats`): unlike ``max_gap_ms`` they skip packets
+      reproduced exactly (see :meth:`RtpAnalyzer._update`): unlike ``max_gap_ms`` they skip packets
       with the marker bit, so the silence between talk spurts is not a "delta".
     * ``max_gap_ms``/``gap_start_s``, ``reordered`` (RFC 4737), ``duplicates``: as defined by
       :func:`~testbed.analysis.streams.stream_metrics`.
@@ -216,9 +209,24 @@ class RtpStream:
 
 
 class RtpAnalyzer:
-    """Collects RTP candidates from packet-table chunks (:meth:`add`), then finds and measures
-    the streams (:meth:`streams`). Memory: 44 bytes per candidate packet, nothing per packet
-    that is not UDP with an RTP-looking header."""
+    """Finds and measures RTP streams in packet-table chunks, one chunk at a time (:meth:`add`),
+    then reports them (:meth:`streams`).
+
+    Nothing is kept per packet: each chunk's RTP-looking packets are grouped by flow ``(src, sport,
+    dst, dport, SSRC)`` with one stable sort, and every flow's state is carried from chunk to chunk
+    -- the heuristic's counts, extended sequence number and timestamp, Wireshark's running
+    statistics and the RFC metrics (:class:`~testbed.analysis.streams.StreamAccumulator`, whose
+    duplicate window is 2**16 bits: exact for any packet up to 32768 sequence numbers behind the
+    highest, the half of the 16-bit number space within which RFC 3550's extension tells a late
+    packet from a new cycle at all). Memory: about 400 bytes per flow, plus 8 KiB per flow of two or
+    more packets. A flow is any UDP flow whose payloads start like RTP, so random-payload UDP that
+    passes the header test makes one flow per packet (the SSRC bytes differ): the single packet of a
+    new flow is therefore held back (about 80 bytes) until its flow sends again, and that is the one
+    cost that grows with such traffic -- any such packet could be the first of a stream.
+
+    Arrival order is the capture's record order, as in Wireshark (packets are not re-sorted by
+    stamp, as :func:`~testbed.analysis.streams.stream_metrics` does with arrays).
+    """
 
     def __init__(
         self,
@@ -236,141 +244,328 @@ class RtpAnalyzer:
             if not 0 <= pt <= 127 or rate <= 0:
                 raise AnalysisError(f"clock rate {rate} for payload type {pt} is invalid")
             self.clock_rates[pt] = rate
-        self._parts: list[npt.NDArray[np.void]] = []
+        self._clocks = np.array([self.clock_rates.get(p, 0) for p in range(128)], dtype=np.int64)
+        self._ticks_per_ms = self._clocks // 1000
+        self._keys = StreamKeys()
+        self._rfc = StreamAccumulator(window_bits=_WINDOW_BITS)
+        self._held = np.zeros(0, dtype=_ROW_DTYPE)
+        self._held_alive = np.zeros(0, dtype=np.bool_)
+        self._held_count = 0
+        self._size = 0
+        self._state: dict[str, npt.NDArray[Any]] = {
+            name: np.zeros(0, dtype=dtype) for name, dtype in _STATE_FIELDS
+        }
+
+    @property
+    def window_misses(self) -> int:
+        """Packets of the accepted streams too far behind their stream's highest sequence number
+        for the duplicate window (counted as first copies); 0 for any real RTP stream."""
+        accepted, _ = self._accepted()
+        return int(self._rfc.window_misses[: accepted.size][accepted].sum())
+
+    def _ensure(self, size: int) -> None:
+        if size > self._size:
+            for name, _ in _STATE_FIELDS:
+                self._state[name] = _grown(self._state[name], size)
+            self._size = self._state["first_rx"].size
+        self._rfc.reserve(size)
 
     def add(self, packets: PacketArray) -> None:
-        """Keep the UDP packets whose payload looks like an RTP header (version 2, not RTCP)."""
+        """Take one chunk: the UDP packets whose payload looks like an RTP header (version 2,
+        not RTCP, room for the CSRC list) update their flows."""
         head = packets["head"]
         b0 = head[:, 0]
-        pt = head[:, 1] & 0x7F
-        plen = packets["payload_len"].astype(np.int64)
+        b1 = head[:, 1]
+        pt = b1 & 0x7F
         ok = (
             (packets["proto"] == 17)
             & (packets["head_len"] >= 12)
             & ((b0 >> 6) == 2)
             & ((pt < 72) | (pt > 76))
-            & (plen >= 12 + 4 * (b0 & 0x0F).astype(np.int64))  # room for the CSRC list
+            & (packets["payload_len"] >= 12 + 4 * (b0 & 0x0F).astype(np.uint16))
         )
         idx = np.flatnonzero(ok)
         if not idx.size:
             return
         h = head[idx]
-        cand = np.empty(idx.size, dtype=_CANDIDATE_DTYPE)
-        for name in ("ts_ns", "frame", "src", "dst", "sport", "dport"):
-            cand[name] = packets[name][idx]
-        cand["b1"] = h[:, 1]
-        cand["seq"] = h[:, 2:4].copy().view(">u2")[:, 0]
-        cand["rtp_ts"] = h[:, 4:8].copy().view(">u4")[:, 0]
-        cand["ssrc"] = h[:, 8:12].copy().view(">u4")[:, 0]
-        self._parts.append(cand)
+        rows = np.empty(idx.size, dtype=_ROW_DTYPE)
+        rows["ts_ns"] = packets["ts_ns"][idx]
+        rows["frame"] = packets["frame"][idx]
+        key1 = rows["key1"]
+        key1[...] = packets["src"][idx].astype(np.uint64) << np.uint64(32)
+        key1 |= packets["dst"][idx].astype(np.uint64)
+        key2 = rows["key2"]
+        key2[...] = packets["sport"][idx].astype(np.uint64) << np.uint64(48)
+        key2 |= packets["dport"][idx].astype(np.uint64) << np.uint64(32)
+        key2 |= h[:, 8:12].copy().view(">u4")[:, 0].astype(np.uint64)
+        rows["b1"] = h[:, 1]
+        rows["seq"] = h[:, 2:4].copy().view(">u2")[:, 0]
+        rows["rtp_ts"] = h[:, 4:8].copy().view(">u4")[:, 0]
+        self._ingest(rows, hold=True)
+
+    def _ingest(self, rows: npt.NDArray[np.void], hold: bool) -> None:
+        """Group candidate rows (capture order) by flow and update the flows. With ``hold``,
+        the single packet of a flow not seen before is held back instead of starting a flow:
+        random UDP payloads that pass the header test make one such flow per packet (the SSRC
+        bytes differ), and a held packet costs about 80 bytes, a flow 400 and then 8 KiB. A
+        held packet whose flow sends again becomes the flow's first packet; the heuristic needs
+        two packets, so only ``decode_as`` flows can be a single packet (see :meth:`streams`)."""
+        keys = self._keys
+        order, starts, ends = keys.group(rows["key1"], rows["key2"])
+        ids, entries = keys.find(rows["key1"][order[starts]], rows["key2"][order[starts]])
+        back = (ids < 0) & (ids != NO_STREAM)
+        if back.any():  # held first packets of flows that send again: they come first
+            self._held_alive[-1 - ids[back]] = False
+            rows = np.concatenate([self._held[-1 - ids[back]], rows])
+            order, starts, ends = keys.group(rows["key1"], rows["key2"])
+            ids, entries = keys.find(rows["key1"][order[starts]], rows["key2"][order[starts]])
+            back = (ids < 0) & (ids != NO_STREAM)
+        first_rows = rows[order[starts]]
+        new = ids == NO_STREAM
+        single = new & (ends - starts == 1) if hold else np.zeros(new.size, dtype=np.bool_)
+        if single.any():
+            k = np.flatnonzero(single)
+            first = self._held_count
+            self._held = _grown(self._held, first + k.size)
+            self._held_alive = _grown(self._held_alive, first + k.size)
+            self._held[first : first + k.size] = first_rows[k]
+            self._held_alive[first : first + k.size] = True
+            self._held_count += k.size
+            marks = -1 - np.arange(first, first + k.size, dtype=np.int64)
+            keys.put(first_rows["key1"][k], first_rows["key2"][k], marks)
+        fresh = new & ~single
+        if fresh.any():
+            ids[fresh] = keys.number(first_rows["key1"][fresh], first_rows["key2"][fresh])
+            keys.put(first_rows["key1"][fresh], first_rows["key2"][fresh], ids[fresh])
+        if back.any():
+            ids[back] = keys.number(first_rows["key1"][back], first_rows["key2"][back])
+            keys.relabel(entries[back], ids[back])
+        keep = ~single
+        if not keep.any():
+            return
+        lengths = (ends - starts)[keep]
+        if not keep.all():
+            order = order[np.repeat(keep, ends - starts)]
+            ends = np.cumsum(lengths)
+            starts = ends - lengths
+        segs = Segments(
+            order=order,
+            starts=starts,
+            ends=ends,
+            run=np.repeat(np.arange(lengths.size), lengths),
+            gid=ids[keep],
+            new=(fresh | back)[keep],
+        )
+        self._update(segs, rows[order])
+
+    def _update(self, segs: Segments, rows: npt.NDArray[np.void]) -> None:
+        """Update the flows of one chunk's rows (in ``segs`` order).
+
+        Wireshark's statistics follow ``rtppacket_analyse`` in ``ui/tap-rtp-analysis.c`` of
+        Wireshark 4.0 (checked against ``tshark -z rtp,streams`` by the tests). Its rules, which
+        differ from RFC 3550 in ways that matter with disorder: a packet is "in time sequence"
+        when its 32-bit timestamp is at most 2**31 ticks after the stream's *first* timestamp;
+        only such packets update the state. Its nominal time is ``(ts - ts_first) mod 2**32 /
+        (clock // 1000)`` ms (note the integer division: 44.1 kHz counts as 44 ticks/ms), ``D =
+        |(t - t_prev) - (nominal - nominal_prev)|`` against the previous in-sequence packet (the
+        previous one with a known clock for the nominal part) and ``J = (15 J + D) / 16`` when
+        the payload type has a known clock; ``delta = t - t_prev``. Max delta, max jitter and the
+        mean count only "regular" packets (not the first, no marker bit, not comfort noise or
+        right after it, in time sequence), and the mean divides by the number of packets before
+        the current one, so a skipped packet counts as the running mean. Carried per flow: the
+        last in-sequence arrival and nominal time, J, the mean, the maxima, whether the last
+        packet was comfort noise; the recurrences run through
+        :func:`~testbed.analysis.streams.linear_recurrence`.
+        """
+        self._ensure(len(self._keys))
+        s = self._state
+        gid, run, starts, ends, new = segs.gid, segs.run, segs.starts, segs.ends, segs.new
+        rx = rows["ts_ns"]
+        b1 = rows["b1"].astype(np.int64)
+        seq = rows["seq"].astype(np.int64)
+        rtp_ts = rows["rtp_ts"].astype(np.int64)
+        pt = b1 & 0x7F
+        marker = (b1 >> 7).astype(np.bool_)
+        # The first packet of a new flow: its values start the flow's state, it pairs with none.
+        first_ever = np.zeros(rx.size, dtype=np.bool_)
+        first_ever[starts[new]] = True
+        g_new = gid[new]
+        at = starts[new]
+        s["first_rx"][g_new] = rx[at]
+        s["first_frame"][g_new] = rows["frame"][at]
+        s["first_pt"][g_new] = pt[at]
+        s["first_ts"][g_new] = rtp_ts[at]
+        s["last_seq"][g_new] = seq[at]
+        s["last_ext"][g_new] = seq[at]
+        s["last_ts"][g_new] = rtp_ts[at]
+        s["last_rel_ts"][g_new] = 0
+        s["last_cn"][g_new] = _comfort_noise(pt[at])
+        for name in ("t_in_seq", "nominal", "ws_jitter", "ws_mean", "max_delta", "max_jitter"):
+            s[name][g_new] = 0.0
+        count_before = self._rfc.packets[gid]
+
+        # Sequence numbers and timestamps extended (RFC 3550 A.1: the shortest way round).
+        step = ((seq - segs.prev(seq, s["last_seq"][gid]) + 0x8000) & 0xFFFF) - 0x8000
+        ext = s["last_ext"][gid][run] + segs.cumsum(step)
+        ts_step = rtp_ts - segs.prev(rtp_ts, s["last_ts"][gid])
+        ts_step = ((ts_step + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+        rel_ts = s["last_rel_ts"][gid][run] + segs.cumsum(ts_step)
+
+        # The heuristic's counts over consecutive pairs whose sequence number changed.
+        pair = ~first_ever
+        moved = pair & (step != 0)
+        counts = {
+            "n_moved": moved,
+            "n_one": pair & (step == 1),
+            "n_near": moved & (step >= -_MAX_MISORDER) & (step <= _MAX_DROPOUT),
+            "n_same": moved & ((ts_step == 0) | (np.sign(ts_step) == np.sign(step))),
+        }
+        for name, mask in counts.items():
+            s[name][gid] += np.bincount(run[mask], minlength=gid.size)
+
+        # RFC metrics: RTP timestamps become sender times (ns) with the first payload type's clock.
+        clock = self._clocks[s["first_pt"][gid]][run]
+        timed_flow = clock > 0
+        tx = rx.copy()
+        if timed_flow.any():
+            k = np.flatnonzero(timed_flow)
+            rel = rel_ts[k].astype(np.float64) * (_NS_PER_S / clock[k])
+            tx[k] = np.rint(rel).astype(np.int64) + s["first_rx"][gid][run[k]]
+        self._rfc.add(segs, ext, tx, rx)
+
+        # Wireshark 4.0's running statistics, carried across chunks (rules in the docstring).
+        first_ts = s["first_ts"][gid][run]
+        t_ms = (rx - s["first_rx"][gid][run]).astype(np.float64) / _NS_PER_MS
+        since = (rtp_ts - first_ts) & 0xFFFFFFFF
+        in_seq = np.where(rtp_ts >= first_ts, since < (1 << 31), since <= (1 << 31))
+        tpm = self._ticks_per_ms[pt]
+        timed = tpm > 0
+        nominal = since.astype(np.float64) / np.where(timed, tpm, 1)
+        nominal_state = (in_seq & timed) | first_ever
+        last, found = segs.fill_index(in_seq)
+        t_filled = np.where(found, t_ms[last], s["t_in_seq"][gid][run])
+        last_n, found_n = segs.fill_index(nominal_state)
+        nominal_filled = np.where(found_n, nominal[last_n], s["nominal"][gid][run])
+        delta = t_ms - segs.prev(t_filled, s["t_in_seq"][gid])
+        diff = np.abs(delta - (nominal - segs.prev(nominal_filled, s["nominal"][gid])))
+        upd_j = in_seq & timed & pair
+        a = np.where(upd_j, 15.0 / 16.0, 1.0)
+        b = np.where(upd_j, diff / 16.0, 0.0)
+        b[starts] += a[starts] * np.where(new, 0.0, s["ws_jitter"][gid])
+        a[starts] = 0.0
+        jitter = linear_recurrence(a, b)
+
+        cn = _comfort_noise(pt)
+        regular = ~marker & ~cn & ~segs.prev(cn, s["last_cn"][gid]) & in_seq & pair
+        upd = regular & timed
+        s["max_delta"][gid] = np.maximum(
+            s["max_delta"][gid], np.maximum.reduceat(np.where(regular, delta, -np.inf), starts)
+        )
+        s["max_jitter"][gid] = np.maximum(
+            s["max_jitter"][gid], np.maximum.reduceat(np.where(upd, jitter, -np.inf), starts)
+        )
+        # mean_k = (mean * (k - 1) + J_k) / k on updates, k = packets before this one.
+        k_before = (count_before[run] + np.arange(rx.size) - starts[run]).astype(np.float64)
+        k_safe = np.maximum(k_before, 1.0)
+        a = np.where(upd, (k_safe - 1.0) / k_safe, 1.0)
+        b = np.where(upd, jitter / k_safe, 0.0)
+        b[starts] += a[starts] * np.where(new, 0.0, s["ws_mean"][gid])
+        a[starts] = 0.0
+        mean = linear_recurrence(a, b)
+
+        last_row = ends - 1
+        s["ws_jitter"][gid] = jitter[last_row]
+        s["ws_mean"][gid] = mean[last_row]
+        s["t_in_seq"][gid] = t_filled[last_row]
+        s["nominal"][gid] = nominal_filled[last_row]
+        s["last_cn"][gid] = cn[last_row]
+        s["last_seq"][gid] = seq[last_row]
+        s["last_ext"][gid] = ext[last_row]
+        s["last_ts"][gid] = rtp_ts[last_row]
+        s["last_rel_ts"][gid] = rel_ts[last_row]
+        s["last_rx"][gid] = rx[last_row]
+        bit = np.left_shift(np.uint64(1), (pt & 63).astype(np.uint64))
+        for name, part in (("pt_low", pt < 64), ("pt_high", pt >= 64)):
+            s[name][gid] |= np.bitwise_or.reduceat(np.where(part, bit, np.uint64(0)), starts)
 
     def streams(self) -> list[RtpStream]:
         """The accepted streams, in order of their first packet."""
-        if not self._parts:
-            return []
-        cand = np.concatenate(self._parts) if len(self._parts) > 1 else self._parts[0]
-        self._parts = [cand]  # the chunks themselves are no longer needed: halve the peak
-        # Group by flow key with one stable sort: capture order is kept inside each group.
-        k1 = (cand["src"].astype(np.uint64) << np.uint64(32)) | cand["dst"].astype(np.uint64)
-        k2 = (
-            (cand["sport"].astype(np.uint64) << np.uint64(48))
-            | (cand["dport"].astype(np.uint64) << np.uint64(32))
-            | cand["ssrc"].astype(np.uint64)
-        )
-        order = np.lexsort((k2, k1))
-        cand = cand[order]
-        k1, k2 = k1[order], k2[order]
-        del order
-        new = np.ones(cand.size, dtype=np.bool_)
-        new[1:] = (k1[1:] != k1[:-1]) | (k2[1:] != k2[:-1])
-        del k1, k2
-        starts = np.flatnonzero(new)
-        ends = np.append(starts[1:], cand.size)
-        counts = ends - starts
-
-        forced = np.zeros(starts.size, dtype=np.bool_)
-        if self.forced_ports:
-            ports = np.array(sorted(self.forced_ports), dtype=np.uint16)
-            forced = np.isin(cand["sport"][starts], ports) | np.isin(cand["dport"][starts], ports)
-        accepted = forced | self._heuristic(cand, new, starts, counts)
-
-        streams = []
-        for g in np.flatnonzero(accepted).tolist():
-            sub = cand[starts[g] : ends[g]]
-            streams.append(self._measure(sub, bool(forced[g])))
-        streams.sort(key=lambda s: (s.start_s, s.first_frame))
+        self._release_forced()
+        accepted, forced = self._accepted()
+        streams = [self._stream(g, bool(forced[g])) for g in np.flatnonzero(accepted).tolist()]
+        streams.sort(key=lambda st: (st.start_s, st.first_frame))
         return streams
 
-    def _heuristic(
-        self,
-        cand: npt.NDArray[np.void],
-        new: npt.NDArray[np.bool_],
-        starts: _I64,
-        counts: _I64,
-    ) -> npt.NDArray[np.bool_]:
-        """Per group, over consecutive packet pairs whose sequence number changed (duplicates
-        aside): enough of them, most steps small (RFC 3550 A.1's MAX_DROPOUT/MAX_MISORDER),
-        many exactly +1, and the timestamp moving the same way as the sequence number or not
-        at all (reordering flips both; DTMF and video frames repeat a timestamp)."""
-        group = np.cumsum(new) - 1
-        pair = ~new[1:]  # consecutive candidates of the same group
-        pg = group[1:][pair]
-        seq = cand["seq"].astype(np.int64)
-        step = (((seq[1:] - seq[:-1]) + 0x8000) & 0xFFFF) - 0x8000
-        ts = cand["rtp_ts"].astype(np.int64)
-        ts_step = ((ts[1:] - ts[:-1] + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
-        step, ts_step = step[pair], ts_step[pair]
-        moved = step != 0
-        near = moved & (step >= -_MAX_MISORDER) & (step <= _MAX_DROPOUT)
-        same_way = moved & ((ts_step == 0) | (np.sign(ts_step) == np.sign(step)))
-        ng = starts.size
-        n_moved = np.bincount(pg, weights=moved, minlength=ng)
-        n_one = np.bincount(pg, weights=step == 1, minlength=ng)
-        n_near = np.bincount(pg, weights=near, minlength=ng)
-        n_same = np.bincount(pg, weights=same_way, minlength=ng)
-        ok: npt.NDArray[np.bool_] = (
-            (counts >= self.min_packets)
+    def _release_forced(self) -> None:
+        """Held-back single packets on ``decode_as`` ports are streams of one packet."""
+        if not self.forced_ports or not self._held_count:
+            return
+        held = self._held[: self._held_count]
+        ports = np.array(sorted(self.forced_ports), dtype=np.uint64)
+        sport = held["key2"] >> np.uint64(48)
+        dport = (held["key2"] >> np.uint64(32)) & np.uint64(0xFFFF)
+        forced = self._held_alive[: self._held_count] & (
+            np.isin(sport, ports) | np.isin(dport, ports)
+        )
+        k = np.flatnonzero(forced)
+        if not k.size:
+            return
+        self._held_alive[k] = False
+        rows = held[k]
+        ids = self._keys.number(rows["key1"], rows["key2"])
+        _, entries = self._keys.find(rows["key1"], rows["key2"])
+        self._keys.relabel(entries, ids)
+        one = np.arange(k.size, dtype=np.int64)
+        segs = Segments(
+            order=one, starts=one, ends=one + 1, run=one, gid=ids, new=np.ones(k.size, np.bool_)
+        )
+        self._update(segs, rows)
+
+    def _accepted(self) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+        """Which flows are RTP streams, and which of them were forced by ``decode_as``: per
+        flow, over consecutive packet pairs whose sequence number changed (duplicates aside),
+        enough of them, most steps small (RFC 3550 A.1's MAX_DROPOUT/MAX_MISORDER), many
+        exactly +1, and the timestamp moving the same way as the sequence number or not at all
+        (reordering flips both; DTMF and video frames repeat a timestamp)."""
+        n = len(self._keys)
+        s = {name: values[:n] for name, values in self._state.items()}
+        key2 = np.array(self._keys.key2, dtype=np.uint64)
+        sport = (key2 >> np.uint64(48)).astype(np.int64)
+        dport = ((key2 >> np.uint64(32)) & np.uint64(0xFFFF)).astype(np.int64)
+        forced = np.zeros(n, dtype=np.bool_)
+        if self.forced_ports:
+            ports = np.array(sorted(self.forced_ports), dtype=np.int64)
+            forced = np.isin(sport, ports) | np.isin(dport, ports)
+        n_moved = s["n_moved"]
+        accepted = forced | (
+            (self._rfc.packets[:n] >= self.min_packets)
             & (n_moved >= (self.min_packets - 1) / 2)
-            & (n_one >= _STEP_ONE_MIN * n_moved)
-            & (n_near >= _NEAR_MIN * n_moved)
-            & (n_same >= _SAME_WAY_MIN * n_moved)
+            & (s["n_one"] >= _STEP_ONE_MIN * n_moved)
+            & (s["n_near"] >= _NEAR_MIN * n_moved)
+            & (s["n_same"] >= _SAME_WAY_MIN * n_moved)
         )
-        return ok
+        return accepted, forced
 
-    def _measure(self, sub: npt.NDArray[np.void], forced: bool) -> RtpStream:
-        rx = sub["ts_ns"].astype(np.int64)
-        pt = (sub["b1"] & 0x7F).astype(np.int64)
-        marker = (sub["b1"] >> 7).astype(np.bool_)
-        ext_seq = _unwrap(sub["seq"].astype(np.int64), 16)
-        ext_ts = _unwrap(sub["rtp_ts"].astype(np.int64), 32)
-        n = int(rx.size)
-        expected = int(ext_seq.max() - ext_seq[0] + 1)
+    def _stream(self, g: int, forced: bool) -> RtpStream:
+        s = self._state
+        key1, key2 = self._keys.key1[g], self._keys.key2[g]
+        ssrc = key2 & 0xFFFFFFFF
+        src = f"{_ip(key1 >> 32)}:{key2 >> 48}"
+        dst = f"{_ip(key1 & 0xFFFFFFFF)}:{(key2 >> 32) & 0xFFFF}"
+        n = int(self._rfc.packets[g])
+        expected = int(self._rfc.max_seq[g]) - int(self._rfc.first_seq[g]) + 1
         lost = expected - n
-        first_pt = int(pt[0])
+        first_pt = int(s["first_pt"][g])
         clock = self.clock_rates.get(first_pt)
-        ssrc = int(sub["ssrc"][0])
-        src = f"{_ip(int(sub['src'][0]))}:{int(sub['sport'][0])}"
-        dst = f"{_ip(int(sub['dst'][0]))}:{int(sub['dport'][0])}"
-
-        # RFC metrics through the shared definitions: RTP timestamps become sender times in ns.
-        if clock:
-            rel = (ext_ts - ext_ts[0]).astype(np.float64) * (_NS_PER_S / clock)
-            tx = np.rint(rel).astype(np.int64) + rx[0]
-        else:
-            tx = rx  # no clock: jitter is not defined, the other metrics do not use tx
-        metrics = stream_metrics(
-            f"rtp {src}->{dst} 0x{ssrc:08X}", "rtp", ext_seq - ext_seq.min(), tx, rx, sent=-1
-        )
-        clocks = np.array([self.clock_rates.get(p, 0) for p in range(128)], dtype=np.int64)[pt]
-        max_delta, mean_jitter, max_jitter = _wireshark_stats(
-            rx, sub["rtp_ts"].astype(np.int64), pt, marker, clocks
-        )
+        metrics = self._rfc.metrics(g, f"rtp {src}->{dst} 0x{ssrc:08X}", "rtp", sent=-1)
+        mask = (int(s["pt_high"][g]) << 64) | int(s["pt_low"][g])
+        two = n >= 2
         return RtpStream(
             ssrc=ssrc,
             src=src,
             dst=dst,
             payload_type=first_pt,
-            payload_types=tuple(int(p) for p in np.unique(pt)),
+            payload_types=tuple(p for p in range(128) if mask >> p & 1),
             clock_rate=clock,
             packets=n,
             expected=expected,
@@ -379,115 +574,68 @@ class RtpAnalyzer:
             duplicates=metrics.duplicates,
             reordered=metrics.reordered,
             jitter_ms=metrics.jitter_ms if clock else None,
-            mean_jitter_ms=mean_jitter if clock else None,
-            max_jitter_ms=max_jitter if clock else None,
-            max_delta_ms=max_delta,
+            mean_jitter_ms=(float(s["ws_mean"][g]) if two else 0.0) if clock else None,
+            max_jitter_ms=(float(s["max_jitter"][g]) if two else 0.0) if clock else None,
+            max_delta_ms=float(s["max_delta"][g]) if two else 0.0,
             max_gap_ms=metrics.max_gap_ms,
             gap_start_s=metrics.gap_start_s,
-            start_s=float(rx[0]) / _NS_PER_S,
-            end_s=float(rx[-1]) / _NS_PER_S,
-            first_frame=int(sub["frame"][0]),
+            start_s=float(s["first_rx"][g]) / _NS_PER_S,
+            end_s=float(s["last_rx"][g]) / _NS_PER_S,
+            first_frame=int(s["first_frame"][g]),
             forced=forced,
         )
 
 
-def _unwrap(values: _I64, bits: int) -> _I64:
-    """Extended (unwrapped) values: each step is taken as the shortest way round modulo
-    ``2**bits``, which is how RFC 3550 A.1 counts sequence cycles as long as packets are not
-    displaced by half the number space."""
-    if values.size < 2:
-        return values.copy()
-    half = 1 << (bits - 1)
-    step = ((np.diff(values) + half) & ((1 << bits) - 1)) - half
-    out = np.empty_like(values)
-    out[0] = values[0]
-    np.cumsum(step, out=out[1:])
-    out[1:] += values[0]
+_WINDOW_BITS = 1 << 16
+# A candidate packet, as kept between the steps of a chunk and for held-back first packets.
+_ROW_DTYPE = np.dtype(
+    [
+        ("ts_ns", "<i8"),
+        ("frame", "<i8"),
+        ("key1", "<u8"),  # src << 32 | dst
+        ("key2", "<u8"),  # sport << 48 | dport << 32 | SSRC
+        ("rtp_ts", "<u4"),
+        ("seq", "<u2"),
+        ("b1", "u1"),  # marker bit and payload type
+    ]
+)
+_STATE_FIELDS: tuple[tuple[str, str], ...] = (
+    ("first_rx", "<i8"),
+    ("last_rx", "<i8"),
+    ("first_frame", "<i8"),
+    ("first_pt", "<i8"),
+    ("first_ts", "<i8"),
+    ("last_seq", "<i8"),
+    ("last_ext", "<i8"),
+    ("last_ts", "<i8"),
+    ("last_rel_ts", "<i8"),
+    ("last_cn", "?"),
+    ("n_moved", "<i8"),
+    ("n_one", "<i8"),
+    ("n_near", "<i8"),
+    ("n_same", "<i8"),
+    ("t_in_seq", "<f8"),
+    ("nominal", "<f8"),
+    ("ws_jitter", "<f8"),
+    ("ws_mean", "<f8"),
+    ("max_delta", "<f8"),
+    ("max_jitter", "<f8"),
+    ("pt_low", "<u8"),
+    ("pt_high", "<u8"),
+)
+
+
+def _comfort_noise(pt: _I64) -> npt.NDArray[np.bool_]:
+    cn: npt.NDArray[np.bool_] = (pt == _PT_CN[0]) | (pt == _PT_CN[1])
+    return cn
+
+
+def _grown(array: npt.NDArray[Any], size: int) -> npt.NDArray[Any]:
+    if array.size >= size:
+        return array
+    out = np.zeros(max(size, 2 * array.size), dtype=array.dtype)
+    out[: array.size] = array
     return out
-
-
-def _first_order_scan(a: _F64, b: _F64) -> _F64:
-    """All values of ``y[i] = a[i] * y[i-1] + b[i]`` with ``y[-1] = 0``, vectorised.
-
-    Within blocks of 128 the closed form ``y = P * (y_in + cumsum(b / P))`` (``P`` the running
-    product of ``a``) loses nothing to cancellation, since every term is non-negative and ``P``
-    stays above (15/16)**128; only the carries between blocks are a Python loop (n/128 steps).
-    """
-    n = a.size
-    if n == 0:
-        return np.zeros(0, dtype=np.float64)
-    size = -(-n // _JITTER_BLOCK) * _JITTER_BLOCK
-    flat_a = np.ones(size, dtype=np.float64)
-    flat_b = np.zeros(size, dtype=np.float64)
-    flat_a[:n] = a
-    flat_b[:n] = b
-    aa = flat_a.reshape(-1, _JITTER_BLOCK)
-    bb = flat_b.reshape(-1, _JITTER_BLOCK)
-    prod = np.cumprod(aa, axis=1)
-    acc = np.cumsum(bb / prod, axis=1)
-    carry_in = np.empty(aa.shape[0], dtype=np.float64)
-    carry = 0.0
-    for r, (p_end, s_end) in enumerate(zip(prod[:, -1].tolist(), acc[:, -1].tolist(), strict=True)):
-        carry_in[r] = carry
-        carry = p_end * (carry + s_end)
-    y: _F64 = (prod * (carry_in[:, None] + acc)).ravel()[:n]
-    return y
-
-
-def _wireshark_stats(
-    rx_ns: _I64, rtp_ts: _I64, pt: _I64, marker: npt.NDArray[np.bool_], clocks: _I64
-) -> tuple[float, float, float]:
-    """Max delta, mean jitter and max jitter (ms) exactly as Wireshark 4.0 computes them
-    (``rtppacket_analyse`` in ``ui/tap-rtp-analysis.c``), vectorised; checked against
-    ``tshark -z rtp,streams`` by the tests.
-
-    Its rules, which differ from RFC 3550 in ways that matter with disorder: a packet is "in
-    time sequence" when its 32-bit timestamp is at most 2**31 ticks after the stream's *first*
-    timestamp; only such packets update the state. Its nominal time is ``(ts - ts_first) mod
-    2**32 / (clock // 1000)`` ms (note the integer division: 44.1 kHz counts as 44 ticks/ms),
-    ``D = |(t - t_prev) - (nominal - nominal_prev)|`` against the previous in-sequence packet
-    (the previous one with a known clock for the nominal part) and ``J = (15 J + D) / 16``
-    when the payload type has a known clock; ``delta = t - t_prev``. Max delta, max jitter and
-    the mean count only "regular" packets (not the first, no marker bit, not comfort noise or
-    right after it, in time sequence), and the mean divides by the number of packets before the
-    current one, so a skipped packet counts as the running mean.
-    """
-    n = rx_ns.size
-    if n < 2:
-        return 0.0, 0.0, 0.0
-    idx = np.arange(n)
-    t_ms = (rx_ns - rx_ns[0]).astype(np.float64) / _NS_PER_MS
-    first = int(rtp_ts[0])
-    since_first = (rtp_ts - first) & 0xFFFFFFFF
-    in_seq = np.where(rtp_ts >= first, since_first < (1 << 31), since_first <= (1 << 31))
-    in_seq[0] = True
-    ticks_per_ms = clocks // 1000
-    timed = ticks_per_ms > 0
-    nominal = since_first.astype(np.float64) / np.where(timed, ticks_per_ms, 1)
-    nominal[0] = 0.0
-    timed_state = in_seq & timed
-    timed_state[0] = True  # the first packet sets lastnominaltime = 0 whatever its clock
-    prev_time = np.maximum.accumulate(np.where(in_seq, idx, 0))[:-1]
-    prev_nominal = np.maximum.accumulate(np.where(timed_state, idx, 0))[:-1]
-
-    i = idx[1:]
-    delta = t_ms[i] - t_ms[prev_time]
-    upd_j = in_seq[i] & timed[i]
-    diff = np.abs(delta - (nominal[i] - nominal[prev_nominal]))
-    jitter = _first_order_scan(np.where(upd_j, 15.0 / 16.0, 1.0), np.where(upd_j, diff / 16, 0.0))
-
-    is_cn = np.isin(pt, _PT_CN)
-    regular = ~marker[i] & ~is_cn[i] & ~is_cn[i - 1] & in_seq[i]
-    max_delta = float(delta[regular].max(initial=0.0))
-    upd = regular & timed[i]
-    max_jitter = float(jitter[upd].max(initial=0.0))
-    # mean_k = (mean * (k - 1) + J_k) / k on updates, k = packets before this one (= i): the
-    # closed form sum_k J_k / k * prod_{j > k updated} (j - 1) / j; the products stay >= 1/n.
-    k = i.astype(np.float64)
-    factor = np.where(upd & (i > 1), (k - 1) / k, 1.0)
-    cum = np.cumprod(factor)
-    mean_jitter = float(cum[-1] * np.sum(np.where(upd, jitter / (k * cum), 0.0)))
-    return max_delta, mean_jitter, max_jitter
 
 
 def find_rtp_streams(

@@ -51,6 +51,9 @@ from testbed.runner.state import RunState, StateFile
 from testbed.settings import Settings
 
 Listener = Callable[[ev.Event], None]
+AMRWB_CLOCK_HZ = 16_000
+MCPTT_PAYLOAD_TYPE = 96
+"""The dynamic payload type the emulated MCPTT clients send AMR-WB with (docs/mcptt.md)."""
 START_DELAY_S = 0.3
 """Time between arming the streams and their first packet, so every sender is ready."""
 
@@ -234,7 +237,9 @@ class Runner:
                             self._measure(point, rep, data)
                     if capture is not None:
                         captured = capture.stop()
-                        data.captures += _capture_entries(captured, record.path)
+                        data.captures += _capture_entries(
+                            captured, record.path, self._clock_rates()
+                        )
                         if self._wants_mcptt():
                             data.mcptt = _mcptt_block(captured, data.errors)
                 except RunInterrupted as exc:
@@ -268,6 +273,14 @@ class Runner:
                 state.remove()
                 index.close()
         return RunOutcome(self.run_id, summary["verdict"], record.path, summary)
+
+    def _clock_rates(self) -> dict[int, int]:
+        """RTP clock rates of the dynamic payload types on this run's wire, which a capture of
+        media alone does not tell: AMR-WB (16 kHz) for rtp_voice streams and MCPTT voice."""
+        rates = {s.payload_type: AMRWB_CLOCK_HZ for s in self.plan.streams if s.kind == "rtp_voice"}
+        if any(d.kind == "mcptt" for d in self.plan.devices):
+            rates.setdefault(MCPTT_PAYLOAD_TYPE, AMRWB_CLOCK_HZ)
+        return rates
 
     def _wants_mcptt(self) -> bool:
         return any(k.mcptt for k in self.plan.kpis) or any(
@@ -559,7 +572,9 @@ class Runner:
         return summary
 
 
-def _capture_entries(results: Sequence[CaptureResult], run_dir: Path) -> list[dict[str, Any]]:
+def _capture_entries(
+    results: Sequence[CaptureResult], run_dir: Path, clock_rates: Mapping[int, int]
+) -> list[dict[str, Any]]:
     """Each capture point with what was recorded and, analysed from the file alone, the
     probe and RTP streams seen there (an independent view of the receivers' numbers)."""
     entries = []
@@ -572,7 +587,7 @@ def _capture_entries(results: Sequence[CaptureResult], run_dir: Path) -> list[di
             "notes": list(r.notes),
         }
         try:
-            report = analyze_captures([r.path])
+            report = analyze_captures([r.path], clock_rates=clock_rates)
         except AnalysisError as exc:
             entry["notes"].append(f"not analysed: {exc}")
         else:

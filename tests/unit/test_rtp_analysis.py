@@ -23,10 +23,13 @@ import numpy as np
 import pytest
 from test_pcap_reader import T0_NS, Frame, Iface, pcap_bytes, pcapng_section, sll, udp_frame, write
 
+from testbed.analysis import passive as passive_module
+from testbed.analysis import rtp as rtp_module
 from testbed.analysis.passive import analyze_captures
 from testbed.analysis.pcap import read_packets
 from testbed.analysis.rtp import (
     STATIC_CLOCK_RATES,
+    RtpAnalyzer,
     RtpStream,
     find_rtp_streams,
     parse_decode_as,
@@ -460,6 +463,72 @@ def test_short_stream_needs_decode_as(tmp_path: Path) -> None:
     assert by_source.forced
 
 
+def test_single_packets_are_held_back_until_their_flow_sends_again(tmp_path: Path) -> None:
+    """A flow's first packet waits aside (random payloads make one flow per packet): it joins
+    its flow when the flow sends again, in a later chunk too, and a flow of one packet is a
+    stream only on a ``decode_as`` port."""
+    lone = build(StreamSpec(0xAAAA, n=1, sport=42002, dport=43002))
+    late = build(StreamSpec(0xBBBB, n=40, sport=42004, dport=43004, gap=(1, 30_000 * MS)))
+    path = capture(tmp_path, [lone, late], noise_frames(8, 200))
+    for chunk in (1, 50, 10**6):
+        found = find_rtp_streams(
+            (c.packets for c in read_packets(path, chunk_packets=chunk)),
+            decode_as=["udp.port==43002,rtp"],
+        )
+        assert [(s.ssrc, s.packets, s.forced) for s in found] == [
+            (0xAAAA, 1, True),
+            (0xBBBB, 40, False),
+        ]
+        assert found[1].max_gap_ms == pytest.approx(30_020, abs=20)
+        check_rfc(found[1], late, 8000)
+
+
+def assert_same_streams(got: Sequence[RtpStream], want: Sequence[RtpStream]) -> None:
+    assert [s.ssrc for s in got] == [s.ssrc for s in want]
+    for a, b in zip(got, want, strict=True):
+        for name, value in vars(b).items():
+            if isinstance(value, float):
+                assert getattr(a, name) == pytest.approx(value, rel=1e-12, abs=1e-12), name
+            else:
+                assert getattr(a, name) == value, name
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 333])
+def test_streaming_in_chunks_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, chunk: int
+) -> None:
+    """Flows are measured chunk by chunk, their state carried from one to the next: tiny
+    chunks, and a duplicate window of 128 numbers that slides every 64 packets, give the same
+    streams as one chunk, and still match the references."""
+    specs = [
+        troubled(0x1111, 3, pt=0),
+        troubled(0x2222, 4, pt=8, sport=40002, pts={i: 13 for i in range(200, 215)}),
+        troubled(0x3333, 5, pt=96, ts_step=320, sport=40004),
+        StreamSpec(0x4444, pt=18, sport=40006, n=150),
+    ]
+    built = [build(s) for s in specs]
+    path = capture(tmp_path, built, noise_frames(6, 300))
+    clocks = {96: 16000}
+    whole = find_rtp_streams(
+        (c.packets for c in read_packets(path, chunk_packets=10**6)), clock_rates=clocks
+    )
+    monkeypatch.setattr(rtp_module, "_WINDOW_BITS", 128)
+    analyzer = RtpAnalyzer(clock_rates=clocks)
+    for c in read_packets(path, chunk_packets=chunk):
+        analyzer.add(c.packets)
+    parts = analyzer.streams()
+    assert_same_streams(parts, whole)
+    assert analyzer.window_misses == 0
+    rates = dict(STATIC_CLOCK_RATES) | clocks
+    for spec, pkts in zip(specs, built, strict=True):
+        (stream,) = (s for s in parts if s.ssrc == spec.ssrc)
+        check_rfc(stream, pkts, rates[spec.pt])
+        if spec.pt < 96:  # the reference port knows no clock for dynamic types (no SDP)
+            want = wireshark_reference(pkts, rates)
+            got = (stream.max_delta_ms, stream.mean_jitter_ms, stream.max_jitter_ms)
+            assert got == pytest.approx(want, rel=1e-9, abs=1e-9)
+
+
 @pytest.mark.parametrize(
     "spec", ["tcp.port==5004,rtp", "udp.port==5004,sip", "udp.port==0,rtp", "udp.port==9-3,rtp"]
 )
@@ -504,7 +573,7 @@ def probe_arrivals(seed: int, n: int) -> tuple[list[int], list[int], list[int]]:
     return [seq[k] for k in order], [tx[k] for k in order], [rx[k] for k in order]
 
 
-def test_analyze_captures_rtp_and_probes(tmp_path: Path) -> None:
+def test_analyze_captures_rtp_and_probes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     rtp = build(troubled(0x9999, 11, pt=8))
     probes = {
         ("10.0.0.1", "10.0.0.2", 1): probe_arrivals(1, 3_000),
@@ -544,8 +613,11 @@ def test_analyze_captures_rtp_and_probes(tmp_path: Path) -> None:
         assert entry["packets"] == len(seq) and entry["capture"] == str(path)
         assert entry["duplicates"] > 0 and entry["reordered"] > 0 and entry["loss_pct"] > 0
 
-    # Streaming in tiny chunks changes nothing.
+    # Streaming in tiny chunks, with duplicate windows small enough to slide, changes nothing.
     assert analyze_captures([path], chunk_packets=97) == result
+    monkeypatch.setattr(rtp_module, "_WINDOW_BITS", 128)
+    monkeypatch.setattr(passive_module, "_WINDOW_BITS", 128)
+    assert analyze_captures([path], chunk_packets=5) == result
 
 
 def test_analyze_captures_pcapng_sll_and_per_file_streams(tmp_path: Path) -> None:

@@ -12,7 +12,13 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from testbed.analysis.streams import StreamMetrics, stream_metrics
+from testbed.analysis.streams import (
+    StreamAccumulator,
+    StreamKeys,
+    StreamMetrics,
+    linear_recurrence,
+    stream_metrics,
+)
 from testbed.errors import AnalysisError
 
 T0_NS = 1_700_000_000_000_000_000  # an epoch in ns, so float rounding is realistic
@@ -389,3 +395,96 @@ def test_one_million_packets_is_fast() -> None:
     m = stream_metrics("big", "video", seq.astype(np.uint32), tx, rx, 1_000_000)
     assert time.perf_counter() - start < 5.0
     assert m.received > 700_000 and m.jitter_ms is not None
+
+
+# --------------------------------------------------------------------------------------------
+# Streaming form: many streams, chunk by chunk, bounded memory
+# --------------------------------------------------------------------------------------------
+
+
+def test_linear_recurrence_is_the_sequential_loop() -> None:
+    rng = np.random.default_rng(5)
+    for n in (0, 1, 31, 32, 33, 1_000, 100_003):
+        a = rng.choice([15 / 16, 1.0, 0.0, 0.5], size=n, p=[0.8, 0.1, 0.05, 0.05])
+        b = rng.exponential(3.0, size=n) * (a != 1.0)
+        got = linear_recurrence(a, b)
+        y = 0.0
+        want = []
+        for ai, bi in zip(a.tolist(), b.tolist(), strict=True):
+            y = ai * y + bi
+            want.append(y)
+        assert got.shape == (n,)
+        assert np.allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def feed(
+    streams: list[tuple[I64, I64, I64]],
+    chunk: int,
+    window_bits: int = 1 << 16,
+    keep_delays: bool = True,
+) -> tuple[StreamAccumulator, list[int]]:
+    """The streams merged in arrival order, as a capture holds them, fed ``chunk`` rows at a
+    time; also the id the accumulator gave each stream (in order of first appearance)."""
+    ident = np.concatenate([np.full(s[0].size, k) for k, s in enumerate(streams)])
+    seq, tx, rx = (np.concatenate([s[i] for s in streams]) for i in range(3))
+    first = np.array([0] + [s[0].size for s in streams]).cumsum()[:-1]
+    rank = np.zeros(rx.size, dtype=np.int64)
+    rank[first] = 1  # each stream's first packet before any other at the same stamp
+    order = np.lexsort((-rank, rx))
+    ident, seq, tx, rx = ident[order], seq[order], tx[order], rx[order]
+    acc = StreamAccumulator(window_bits=window_bits, keep_delays=keep_delays)
+    keys = StreamKeys()
+    for lo in range(0, rx.size, chunk):
+        part = slice(lo, lo + chunk)
+        k1 = ident[part].astype(np.uint64)
+        segs = keys.segments(k1, np.zeros_like(k1))
+        o = segs.order
+        acc.add(segs, seq[part][o], tx[part][o], rx[part][o])
+    return acc, [keys.key1.index(k) for k in range(len(streams))]
+
+
+@pytest.mark.parametrize("chunk", [1, 7, 500, 1_000_000])
+@pytest.mark.parametrize("window_bits", [128, 1 << 16])
+def test_accumulator_matches_stream_metrics_in_any_chunks(chunk: int, window_bits: int) -> None:
+    """Three interleaved streams; the smallest window (128 numbers) still holds every packet
+    these streams reorder or duplicate, so the duplicate detection stays exact."""
+    streams = [random_stream(seed, n) for seed, n in ((30, 3_000), (31, 1), (32, 5_000))]
+    acc, ids = feed(streams, chunk, window_bits)
+    for k, (seq, tx, rx) in enumerate(streams):
+        got = acc.metrics(ids[k], f"s{k}", "voice", sent=-1)
+        assert_matches(got, reference(seq.tolist(), tx.tolist(), rx.tolist(), -1))
+        whole = stream_metrics(f"s{k}", "voice", seq, tx, rx, -1)
+        assert got.to_dict() | {"jitter_ms": None} == whole.to_dict() | {"jitter_ms": None}
+    assert acc.window_misses.sum() == 0
+
+
+def test_streamed_jitter_agrees_with_the_sequential_loop() -> None:
+    seq, tx, rx = random_stream(99, 1_000_000)
+    acc, _ = feed([(seq, tx, rx)], 65_536, keep_delays=False)
+    firsts = np.sort(np.unique(seq, return_index=True)[1])
+    d = np.abs(np.diff(rx[firsts]) - np.diff(tx[firsts])).tolist()
+    j = 0.0
+    for value in d:
+        j += (value - j) / 16.0
+    got = acc.metrics(0, "big", "video", sent=-1).jitter_ms
+    assert got is not None and abs(got - j / MS) < 1e-9
+
+
+def test_duplicate_window_is_bounded_and_counts_what_falls_behind_it() -> None:
+    seq = np.concatenate([np.arange(1_000), [10, 990]])  # 10 is 989 behind: outside 128 bits
+    tx = T0_NS + seq * 20 * MS
+    rx = T0_NS + np.arange(seq.size) * 20 * MS + 5 * MS
+    acc, _ = feed([(seq, tx, rx)], 100, window_bits=128)
+    m = acc.metrics(0, "s", "voice", sent=-1)
+    assert int(acc.window_misses[0]) == 1
+    assert (m.duplicates, m.received, m.reordered) == (1, 1_001, 1)  # 10 taken as new
+    wide = feed([(seq, tx, rx)], 100)[0].metrics(0, "s", "voice", sent=-1)
+    assert (wide.duplicates, wide.received, wide.reordered) == (2, 1_000, 0)
+
+
+def test_accumulator_memory_does_not_grow_with_packets() -> None:
+    seq, tx, rx = random_stream(7, 300_000)
+    acc, ids = feed([(seq, tx, rx), random_stream(8, 1_000)], 10_000, keep_delays=False)
+    state = sum(v.nbytes for v in vars(acc).values() if isinstance(v, np.ndarray))
+    assert state < 32 * 1024, state  # two 8 KiB windows and a few numbers per stream
+    assert acc.metrics(ids[0], "s", "voice", sent=-1).received == np.unique(seq).size
