@@ -14,19 +14,19 @@ err-ref near 0 means "no worse than the unimpaired path"; "p99/delay" is err p99
 the configured delay; "late" is the relay's own send lateness (send time minus due time) from
 its counters, and "CPU" its utime+stime from /proc/PID/stat over the sender's wall time, in
 cores (1.00 = one CPU busy). Part 2 (capacity): paced 20k-80k packets/s with 1 ms delay for 3 s
-each, counted on the interfaces (no iptables/nft on this machine): "offered" is the rate the
-sender really achieved, "at relay" the frames that reached port a, "delivered" those counted
-by y's eth0 receive counter; loss % = 1 - delivered / sent. Then overload: a 1 000 packets/s probe
-plus unpaced bulk streams (to a port of y whose socket discards them) with
-``queue_limit_packets=1000``; a bounded relay keeps the probe's delay near delay +
-queue_limit / forwarding rate, an unbounded one shows a delay that grows window after window
-(the per-0.5 s line) and a large ``late`` -- frames queued in the relay's 16 MB kernel receive
-buffer, which the relay's own queue limit does not see. Part 3 prints the issue's targets with
-PASS/MISS. Figures are medians over ``--repeat`` runs. "others" is the CPU (in cores) that
-other jobs' processes used during each measurement: above 0.2 a warning is printed, because
-tails (p99/max) of several ms then come from the busy 2-core machine, not from the relay, and
-the run should be repeated when it is quiet ("sender" is the probe sender's own CPU). Everything is
-torn down in a ``finally`` (Ctrl-C and SIGTERM included). Run as root:
+each, counted on the interfaces (no iptables/nft on this machine): "offered" is the rate the sender
+really achieved, "at relay" the frames that reached port a, "delivered" those counted by y's eth0
+receive counter; loss % = 1 - delivered / sent. Then overload: a 1 000 packets/s probe plus unpaced
+bulk streams (to a port of y whose socket discards them) with ``queue_limit_packets=1000``; a
+bounded relay keeps the probe's delay near delay + queue_limit / forwarding rate, an unbounded one
+shows a delay that grows window after window (the per-0.5 s line) and a large ``late`` -- frames
+queued in the relay's kernel receive buffer (1 MB per port), which the relay's own queue limit does
+not see. Part 3 prints the issue's targets with PASS/MISS. Figures are medians over ``--repeat``
+runs. "others" is the CPU (in cores) that other jobs' processes used during each measurement: above
+0.2 a warning is printed, because tails (p99/max) of several ms then come from the busy 2-core
+machine, not from the relay, and the run should be repeated when it is quiet ("sender" is the probe
+sender's own CPU). Everything is torn down in a ``finally`` (Ctrl-C and SIGTERM included). Run as
+root:
 ``.venv/bin/python bench/impairment.py [--duration-s 5] [--delay-ms 20] [--repeat 1]``.
 """
 
@@ -56,7 +56,7 @@ import numpy.typing as npt
 
 from drivers.errors import DriverError
 from drivers.impairment.params import ImpairmentParams
-from drivers.impairment.relay import RelayControl, relay_command
+from drivers.impairment.relay import _RECEIVE_BUFFER_BYTES, RelayControl, relay_command
 from drivers.netns.netlink import in_namespace
 from drivers.netns.offload import disable_offloads
 from drivers.netns.topology import (
@@ -890,8 +890,9 @@ def report_overload(results: Results) -> None:
                 f"OWD p99 {o.owd_p99_ms:.0f} ms (relay late p99 {o.late_p99_ms:.0f} ms) against "
                 f"a configured {CAPACITY_DELAY_MS:g} ms and a bound of {o.bound_ms:.1f} ms. The "
                 f"queue limit ({QUEUE_LIMIT}) dropped {o.queue_drops:,} frames: the frames "
-                "waited BEFORE the relay read them, in its kernel receive buffer (16 MB per "
-                "port, SO_RCVBUFFORCE), which the limit does not see. The median rose by "
+                "waited BEFORE the relay read them, in its kernel receive buffer "
+                f"({_RECEIVE_BUFFER_BYTES >> 20} MB per port, SO_RCVBUFFORCE), which the limit "
+                "does not see. The median rose by "
                 f"{o.growth_ms:.0f} ms from the first 0.5 s to the worst 0.5 s and levelled "
                 f"off at about {o.plateau_ms:.0f} ms, i.e. ~{o.plateau_frames:,.0f} frames "
                 f"queued at the relay's {o.forwarding_pps_text} forwarding rate: only a full "
