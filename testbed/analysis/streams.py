@@ -57,6 +57,19 @@ class DelayStats:
     max: float
     mean: float
 
+    @classmethod
+    def of(cls, owd_ms: npt.NDArray[np.float64]) -> DelayStats:
+        """The summary of a non-empty array of delays in ms."""
+        p50, p95, p99 = (float(v) for v in np.percentile(owd_ms, [50.0, 95.0, 99.0]))
+        return cls(
+            min=float(owd_ms.min()),
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            max=float(owd_ms.max()),
+            mean=float(owd_ms.mean()),
+        )
+
     def to_dict(self) -> dict[str, float]:
         """JSON-ready form, rounded to 4 decimals (0.1 us)."""
         return {key: round(value, _MS_DECIMALS) for key, value in asdict(self).items()}
@@ -205,16 +218,7 @@ def stream_metrics(
     gap_start_s: float | None = None
 
     if received:
-        owd_ms = (rx_u - tx_u).astype(np.float64) / _NS_PER_MS
-        p50, p95, p99 = (float(v) for v in np.percentile(owd_ms, [50.0, 95.0, 99.0]))
-        owd = DelayStats(
-            min=float(owd_ms.min()),
-            p50=p50,
-            p95=p95,
-            p99=p99,
-            max=float(owd_ms.max()),
-            mean=float(owd_ms.mean()),
-        )
+        owd = DelayStats.of((rx_u - tx_u).astype(np.float64) / _NS_PER_MS)
     if received >= 2:
         jitter_ms = _interarrival_jitter_ns(rx_u, tx_u) / _NS_PER_MS
         running_max = np.maximum.accumulate(seq_u)[:-1]
@@ -724,15 +728,7 @@ class StreamAccumulator:
             owd_ms = (np.concatenate(parts) if len(parts) > 1 else parts[0]).astype(
                 np.int64
             ).astype(np.float64) / _NS_PER_MS
-            p50, p95, p99 = (float(v) for v in np.percentile(owd_ms, [50.0, 95.0, 99.0]))
-            owd = DelayStats(
-                min=float(owd_ms.min()),
-                p50=p50,
-                p95=p95,
-                p99=p99,
-                max=float(owd_ms.max()),
-                mean=float(owd_ms.mean()),
-            )
+            owd = DelayStats.of(owd_ms)
         two = received >= 2
         return StreamMetrics(
             id=stream_id,
