@@ -26,35 +26,39 @@ Run as root: ``.venv/bin/python bench/priority.py [--duration-s 10] [--repeat 1]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import secrets
+import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from relaylab import (
-    CLK_TCK,
-    Lab,
-    _sigterm,
-    _wait_file,
-    build_lab,
-    cpu_s,
-    med,
-    new_prefix,
-    process_ticks,
-    progress,
-    signals_deferred,
-)
 
 from drivers.errors import DriverError
 from drivers.impairment.params import PRIORITY_CLASSES, ImpairmentParams, Scheduler
 from drivers.impairment.relay import RelayControl, relay_command
+from drivers.netns.offload import disable_offloads
+from drivers.netns.topology import (
+    NodeSpec,
+    PortSpec,
+    SegmentSpec,
+    TopologySpec,
+    build,
+    destroy,
+    list_namespaces,
+    wait_ready,
+)
 from drivers.traffic.probe import (
     StreamSpec,
     read_records,
@@ -64,6 +68,7 @@ from drivers.traffic.probe import (
     sender_command,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 X_IP, Y_IP = "10.252.0.1", "10.252.0.2"
 PORT = 40_000
 VOICE_WIRE, FLOOD_WIRE = 1, 2
@@ -76,7 +81,143 @@ START_LEAD_S = 0.6
 """The sender starts this long after launch (``--start-at-ns``): Python and numpy load first."""
 TARGET_P95_RISE_MS = 10.0
 CONTAMINATED_CORES = 0.2
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCHEDULERS: tuple[Scheduler, ...] = ("priority", "fifo")
+
+
+def progress(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold back SIGINT/SIGTERM while tearing down; they are delivered right after."""
+    deferred = {signal.SIGINT, signal.SIGTERM}
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _sigterm(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+# --- the lab ----------------------------------------------------------------------------
+
+
+@dataclass
+class Lab:
+    prefix: str
+    workdir: Path
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    serial: int = 0
+
+    @property
+    def x(self) -> str:
+        return f"{self.prefix}x"
+
+    @property
+    def y(self) -> str:
+        return f"{self.prefix}y"
+
+    @property
+    def wire(self) -> str:
+        return f"{self.prefix}wire"
+
+    def path(self, stem: str) -> Path:
+        self.serial += 1
+        return self.workdir / f"{self.serial:03d}-{stem}"
+
+    def spawn(self, namespace: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", namespace, *argv],
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> str:
+        """SIGTERM, then SIGKILL; returns the process's stderr."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=5)
+        err = b""
+        if proc.stderr is not None:
+            err = proc.stderr.read()
+            proc.stderr.close()
+        if proc in self.procs:
+            self.procs.remove(proc)
+        return err.decode(errors="replace").strip()
+
+    def teardown(self) -> None:
+        for proc in list(self.procs):
+            with contextlib.suppress(Exception):
+                self.stop(proc, timeout_s=2.0)
+        destroy(self.prefix)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def new_prefix() -> str:
+    """``tbbp`` + 4 random hex digits + ``-``: matches ``^tb[0-9a-f]{6}-`` (so ``testbed
+    cleanup`` recognises leftovers) and is unused on this machine."""
+    while True:
+        prefix = f"tbbp{secrets.token_hex(2)}-"
+        if not list_namespaces(prefix):
+            return prefix
+
+
+def build_lab(lab: Lab) -> None:
+    """x -- wire(a|b) -- y with static neighbours and offloads off."""
+    spec = TopologySpec(
+        prefix=lab.prefix,
+        nodes=(NodeSpec(lab.x), NodeSpec(lab.y)),
+        segments=(
+            SegmentSpec(
+                name="wire",
+                ports=(
+                    PortSpec(lab.x, "eth0", f"{X_IP}/24"),
+                    PortSpec(lab.y, "eth0", f"{Y_IP}/24"),
+                ),
+                middle_ns=lab.wire,
+            ),
+        ),
+    )
+    built = build(spec)
+    for ns in (lab.x, lab.y):
+        disable_offloads(ns, "eth0")
+    for port in ("a", "b"):
+        disable_offloads(lab.wire, port)
+    wait_ready(built.namespaces)
+
+
+def process_ticks() -> dict[int, int]:
+    """utime+stime (clock ticks) of every user-space process, kernel threads left out."""
+    ticks: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        pid = int(entry)
+        if pid == 2 or fields[1] == "2":  # kthreadd and its children
+            continue
+        ticks[pid] = int(fields[11]) + int(fields[12])
+    return ticks
+
+
+def cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # --- one phase --------------------------------------------------------------------------
@@ -111,6 +252,17 @@ class Phase:
     @property
     def owd_max(self) -> float:
         return float(self.voice_owd_ms.max()) if len(self.voice_owd_ms) else float("nan")
+
+
+def _wait_file(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
+    deadline = time.monotonic() + 10.0
+    while not path.exists():
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise RuntimeError(f"{what} exited with {proc.returncode}: {err.strip()}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} not ready after 10 s")
+        time.sleep(0.01)
 
 
 def drain(control: RelayControl, limit_s: float = 30.0) -> dict[str, Any]:
@@ -200,6 +352,11 @@ def run_phase(
 
 
 # --- report -----------------------------------------------------------------------------
+
+
+def med(values: Sequence[float]) -> float:
+    clean = [v for v in values if v == v]
+    return statistics.median(clean) if clean else float("nan")
 
 
 @dataclass
@@ -320,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate-kbps", type=float, default=2000.0, help="link rate")
     parser.add_argument("--delay-ms", type=float, default=20.0, help="delay after the serialiser")
     parser.add_argument("--queue-limit", type=int, default=100, help="queue_limit_packets")
-    parser.add_argument("--flood-pct", type=float, default=150.0, help="flood, % of the link")
+    parser.add_argument("--flood-pct", type=float, default=150.0, help="flood, %% of the link")
     parser.add_argument("--repeat", type=int, default=1, help="runs of the whole set")
     args = parser.parse_args(argv)
     if args.repeat < 1 or args.duration_s <= 0 or args.rate_kbps <= 0 or args.flood_pct <= 0:
@@ -330,14 +487,14 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _sigterm)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     flood_pps = args.flood_pct / 100 * args.rate_kbps * 1e3 / ((FLOOD_PAYLOAD + ETH_IP_UDP) * 8)
-    prefix = new_prefix("tbbp")
+    prefix = new_prefix()
     lab = Lab(prefix, Path(tempfile.mkdtemp(prefix=prefix)))
     rows: dict[tuple[str, bool], Row] = {}
     notes: list[str] = []
     interrupted = False
     try:
         progress(f"building {prefix}x -- {prefix}wire -- {prefix}y")
-        build_lab(lab, X_IP, Y_IP)
+        build_lab(lab)
         for run in range(args.repeat):
             for scheduler in SCHEDULERS:
                 for flood in (False, True):
