@@ -33,11 +33,8 @@ root:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
-import secrets
-import shutil
 import signal
 import socket
 import statistics
@@ -45,30 +42,30 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from relaylab import (
+    CLK_TCK,
+    Lab,
+    build_line,
+    cpu_s,
+    new_prefix,
+    process_ticks,
+    progress,
+    raise_interrupt,
+    signals_deferred,
+    wait_file,
+)
 
 from drivers.errors import DriverError
 from drivers.impairment.params import ImpairmentParams
 from drivers.impairment.relay import _RECEIVE_BUFFER_BYTES, RelayControl, relay_command
 from drivers.netns.netlink import in_namespace
-from drivers.netns.offload import disable_offloads
-from drivers.netns.topology import (
-    NodeSpec,
-    PortSpec,
-    SegmentSpec,
-    TopologySpec,
-    build,
-    destroy,
-    list_namespaces,
-    wait_ready,
-)
 from drivers.traffic.probe import (
     StreamSpec,
     read_records,
@@ -78,7 +75,6 @@ from drivers.traffic.probe import (
     sender_command,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 ACCURACY_RATES = (100, 1_000, 10_000)
 CAPACITY_RATES = (20_000, 40_000, 60_000, 80_000)
 CAPACITY_DELAY_MS = 1.0
@@ -103,127 +99,15 @@ TIMELY_LATE_P99_US = 1_000.0
 CONTAMINATED_CORES = 0.2
 BOUND_SLACK_MS = 5.0
 """Scheduling allowance on top of delay + queue_limit / forwarding rate for "bounded"."""
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM while tearing down; they are delivered right after."""
-    deferred = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 # --- the lab ----------------------------------------------------------------------------
 
 
-@dataclass
-class Lab:
-    prefix: str
-    workdir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    sockets: list[socket.socket] = field(default_factory=list)
-    serial: int = 0
-
-    @property
-    def x(self) -> str:
-        return f"{self.prefix}x"
-
-    @property
-    def y(self) -> str:
-        return f"{self.prefix}y"
-
-    @property
-    def wire(self) -> str:
-        return f"{self.prefix}wire"
-
-    def path(self, stem: str) -> Path:
-        self.serial += 1
-        return self.workdir / f"{self.serial:03d}-{stem}"
-
-    def spawn(self, namespace: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, *argv],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> str:
-        """SIGTERM, then SIGKILL; returns the process's stderr."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        err = b""
-        if proc.stderr is not None:
-            err = proc.stderr.read()
-            proc.stderr.close()
-        if proc in self.procs:
-            self.procs.remove(proc)
-        return err.decode(errors="replace").strip()
-
-    def teardown(self) -> None:
-        for proc in list(self.procs):
-            with contextlib.suppress(Exception):
-                self.stop(proc, timeout_s=2.0)
-        for sock in self.sockets:
-            sock.close()
-        self.sockets.clear()
-        destroy(self.prefix)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def new_prefix() -> str:
-    """``tbbe`` + 4 random hex digits + ``-``: matches ``^tb[0-9a-f]{6}-`` (so ``testbed
-    cleanup`` recognises leftovers) and is unused on this machine."""
-    while True:
-        prefix = f"tbbe{secrets.token_hex(2)}-"
-        if not list_namespaces(prefix):
-            return prefix
-
-
 def build_lab(lab: Lab) -> float:
-    """x -- wire(a|b) -- y with static neighbours and offloads off; returns seconds taken."""
+    """The line lab plus a discarding sink for bulk load in y; returns seconds taken."""
     started = time.perf_counter()
-    spec = TopologySpec(
-        prefix=lab.prefix,
-        nodes=(NodeSpec(lab.x), NodeSpec(lab.y)),
-        segments=(
-            SegmentSpec(
-                name="wire",
-                ports=(
-                    PortSpec(lab.x, "eth0", f"{X_IP}/24"),
-                    PortSpec(lab.y, "eth0", f"{Y_IP}/24"),
-                ),
-                middle_ns=lab.wire,
-            ),
-        ),
-    )
-    built = build(spec)
-    # As drivers.network.emulated: a relay in the wire re-sends frames as read, so they must
-    # be whole frames with full checksums.
-    for ns in (lab.x, lab.y):
-        disable_offloads(ns, "eth0")
-    for port in ("a", "b"):
-        disable_offloads(lab.wire, port)
-    wait_ready(built.namespaces)
+    build_line(lab, X_IP, Y_IP)
     # Bulk load goes to a port of y whose socket never reads: the kernel drops it there
     # (RcvbufErrors) without an ICMP reply travelling back through the relay.
     sink = in_namespace(lab.y, lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
@@ -258,33 +142,11 @@ def all_link_stats(lab: Lab) -> dict[str, dict[str, int]]:
     }
 
 
-def process_ticks() -> dict[int, int]:
-    """utime+stime (clock ticks) of every user-space process, kernel threads left out."""
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(entry)
-        if pid == 2 or fields[1] == "2":  # kthreadd and its children
-            continue
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    return ticks
-
-
 def others_cpu(before: dict[int, int], after: dict[int, int], ours: set[int]) -> float:
     """CPU seconds used meanwhile by processes that are not this benchmark's (other jobs on
     the machine: they contaminate the timing)."""
     used = sum(t - before.get(pid, 0) for pid, t in after.items() if pid not in ours)
     return used / CLK_TCK
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime
 
 
 # --- one measurement --------------------------------------------------------------------
@@ -332,19 +194,6 @@ def drain(
     return last, done
 
 
-def _wait_file(
-    path: Path, proc: subprocess.Popen[bytes], what: str, timeout_s: float = 10.0
-) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not path.exists():
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {err.strip()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after {timeout_s:g} s")
-        time.sleep(0.01)
-
-
 def run_phase(
     lab: Lab,
     params: ImpairmentParams,
@@ -362,7 +211,7 @@ def run_phase(
     rx_proc: subprocess.Popen[bytes] | None = None
     control = RelayControl(control_path)
     try:
-        _wait_file(ready, relay_proc, "relay")
+        wait_file(ready, relay_proc, "relay")
         relay_pid = int(control.ping()["pid"])
         control.set("a_to_b", params)
         records_path = lab.path("rx.bin")
@@ -371,7 +220,7 @@ def run_phase(
             rx_proc = lab.spawn(
                 lab.y, receiver_command(Y_IP, PROBE_PORT, records_path, ready_file=rx_ready)
             )
-            _wait_file(rx_ready, rx_proc, "receiver")
+            wait_file(rx_ready, rx_proc, "receiver")
         probe = StreamSpec("probe", PROBE_WIRE, Y_IP, PROBE_PORT, rate_pps, PAYLOAD_BYTES)
         bulk_specs = [
             StreamSpec(f"bulk{i}", BULK_WIRE + i, Y_IP, BULK_PORT, r, PAYLOAD_BYTES)
@@ -974,10 +823,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat >= 1, --duration-s > 0 and --delay-ms > 0 are required")
     if os.geteuid() != 0:
         parser.error("run as root (namespaces)")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     # Also when started with SIGINT ignored (a background job of a non-interactive shell).
     signal.signal(signal.SIGINT, signal.default_int_handler)
-    prefix = new_prefix()
+    prefix = new_prefix("tbbe")
     lab = Lab(prefix, Path(tempfile.mkdtemp(prefix=prefix)))
     results = Results()
     build_s = 0.0

@@ -26,39 +26,36 @@ Run as root: ``.venv/bin/python bench/priority.py [--duration-s 10] [--repeat 1]
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import secrets
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+from relaylab import (
+    CLK_TCK,
+    Lab,
+    build_line,
+    cpu_s,
+    new_prefix,
+    process_ticks,
+    progress,
+    raise_interrupt,
+    signals_deferred,
+    wait_file,
+)
 
 from drivers.errors import DriverError
 from drivers.impairment.params import PRIORITY_CLASSES, ImpairmentParams, Scheduler
 from drivers.impairment.relay import RelayControl, relay_command
-from drivers.netns.offload import disable_offloads
-from drivers.netns.topology import (
-    NodeSpec,
-    PortSpec,
-    SegmentSpec,
-    TopologySpec,
-    build,
-    destroy,
-    list_namespaces,
-    wait_ready,
-)
 from drivers.traffic.probe import (
     StreamSpec,
     read_records,
@@ -68,7 +65,6 @@ from drivers.traffic.probe import (
     sender_command,
 )
 
-REPO = Path(__file__).resolve().parents[1]
 X_IP, Y_IP = "10.252.0.1", "10.252.0.2"
 PORT = 40_000
 VOICE_WIRE, FLOOD_WIRE = 1, 2
@@ -81,143 +77,10 @@ START_LEAD_S = 0.6
 """The sender starts this long after launch (``--start-at-ns``): Python and numpy load first."""
 TARGET_P95_RISE_MS = 10.0
 CONTAMINATED_CORES = 0.2
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 SCHEDULERS: tuple[Scheduler, ...] = ("priority", "fifo")
 
 
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM while tearing down; they are delivered right after."""
-    deferred = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 # --- the lab ----------------------------------------------------------------------------
-
-
-@dataclass
-class Lab:
-    prefix: str
-    workdir: Path
-    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
-    serial: int = 0
-
-    @property
-    def x(self) -> str:
-        return f"{self.prefix}x"
-
-    @property
-    def y(self) -> str:
-        return f"{self.prefix}y"
-
-    @property
-    def wire(self) -> str:
-        return f"{self.prefix}wire"
-
-    def path(self, stem: str) -> Path:
-        self.serial += 1
-        return self.workdir / f"{self.serial:03d}-{stem}"
-
-    def spawn(self, namespace: str, argv: Sequence[str]) -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", namespace, *argv],
-            cwd=REPO,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes], timeout_s: float = 5.0) -> str:
-        """SIGTERM, then SIGKILL; returns the process's stderr."""
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
-        err = b""
-        if proc.stderr is not None:
-            err = proc.stderr.read()
-            proc.stderr.close()
-        if proc in self.procs:
-            self.procs.remove(proc)
-        return err.decode(errors="replace").strip()
-
-    def teardown(self) -> None:
-        for proc in list(self.procs):
-            with contextlib.suppress(Exception):
-                self.stop(proc, timeout_s=2.0)
-        destroy(self.prefix)
-        shutil.rmtree(self.workdir, ignore_errors=True)
-
-
-def new_prefix() -> str:
-    """``tbbp`` + 4 random hex digits + ``-``: matches ``^tb[0-9a-f]{6}-`` (so ``testbed
-    cleanup`` recognises leftovers) and is unused on this machine."""
-    while True:
-        prefix = f"tbbp{secrets.token_hex(2)}-"
-        if not list_namespaces(prefix):
-            return prefix
-
-
-def build_lab(lab: Lab) -> None:
-    """x -- wire(a|b) -- y with static neighbours and offloads off."""
-    spec = TopologySpec(
-        prefix=lab.prefix,
-        nodes=(NodeSpec(lab.x), NodeSpec(lab.y)),
-        segments=(
-            SegmentSpec(
-                name="wire",
-                ports=(
-                    PortSpec(lab.x, "eth0", f"{X_IP}/24"),
-                    PortSpec(lab.y, "eth0", f"{Y_IP}/24"),
-                ),
-                middle_ns=lab.wire,
-            ),
-        ),
-    )
-    built = build(spec)
-    for ns in (lab.x, lab.y):
-        disable_offloads(ns, "eth0")
-    for port in ("a", "b"):
-        disable_offloads(lab.wire, port)
-    wait_ready(built.namespaces)
-
-
-def process_ticks() -> dict[int, int]:
-    """utime+stime (clock ticks) of every user-space process, kernel threads left out."""
-    ticks: dict[int, int] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        pid = int(entry)
-        if pid == 2 or fields[1] == "2":  # kthreadd and its children
-            continue
-        ticks[pid] = int(fields[11]) + int(fields[12])
-    return ticks
-
-
-def cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
 # --- one phase --------------------------------------------------------------------------
@@ -254,17 +117,6 @@ class Phase:
         return float(self.voice_owd_ms.max()) if len(self.voice_owd_ms) else float("nan")
 
 
-def _wait_file(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 10.0
-    while not path.exists():
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-            raise RuntimeError(f"{what} exited with {proc.returncode}: {err.strip()}")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} not ready after 10 s")
-        time.sleep(0.01)
-
-
 def drain(control: RelayControl, limit_s: float = 30.0) -> dict[str, Any]:
     """Wait until the relay holds nothing (the flood's queue drains at the link rate)."""
     deadline = time.monotonic() + limit_s
@@ -284,7 +136,7 @@ def run_phase(
     rx_proc: subprocess.Popen[bytes] | None = None
     control = RelayControl(control_path)
     try:
-        _wait_file(ready, relay_proc, "relay")
+        wait_file(ready, relay_proc, "relay")
         relay_pid = int(control.ping()["pid"])
         control.set(
             "a_to_b",
@@ -298,7 +150,7 @@ def run_phase(
         records_path = lab.path("rx.bin")
         rx_ready = lab.path("rx.ready")
         rx_proc = lab.spawn(lab.y, receiver_command(Y_IP, PORT, records_path, ready_file=rx_ready))
-        _wait_file(rx_ready, rx_proc, "receiver")
+        wait_file(rx_ready, rx_proc, "receiver")
         voice = StreamSpec("voice", VOICE_WIRE, Y_IP, PORT, VOICE_PPS, VOICE_PAYLOAD, dscp=EF)
         bulk = [StreamSpec("flood", FLOOD_WIRE, Y_IP, PORT, flood_pps, FLOOD_PAYLOAD, dscp=DF)]
         stats_path = lab.path("tx.json")
@@ -484,17 +336,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--repeat >= 1 and positive --duration-s, --rate-kbps, --flood-pct needed")
     if os.geteuid() != 0:
         parser.error("run as root (namespaces)")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     flood_pps = args.flood_pct / 100 * args.rate_kbps * 1e3 / ((FLOOD_PAYLOAD + ETH_IP_UDP) * 8)
-    prefix = new_prefix()
+    prefix = new_prefix("tbbp")
     lab = Lab(prefix, Path(tempfile.mkdtemp(prefix=prefix)))
     rows: dict[tuple[str, bool], Row] = {}
     notes: list[str] = []
     interrupted = False
     try:
         progress(f"building {prefix}x -- {prefix}wire -- {prefix}y")
-        build_lab(lab)
+        build_line(lab, X_IP, Y_IP)
         for run in range(args.repeat):
             for scheduler in SCHEDULERS:
                 for flood in (False, True):
