@@ -46,6 +46,7 @@ from types import FrameType, TracebackType
 from typing import Any
 
 from drivers.errors import DriverError
+from drivers.files import write_json_atomic
 from drivers.impairment.params import (
     ARP_CLASS,
     DEFAULT_CLASS,
@@ -544,23 +545,6 @@ def _open_port(ifname: str) -> socket.socket:
         return sock
     except BaseException:
         sock.close()
-        raise
-
-
-def _write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Temporary file + rename: a reader never sees half a counters file."""
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=1, sort_keys=True)
-            fh.write("\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
         raise
 
 
@@ -1221,7 +1205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             relay.run()
         finally:  # after a crash too: the counters say what the link went through
             if args.counters_out is not None:
-                _write_json_atomic(args.counters_out, relay.report())
+                write_json_atomic(args.counters_out, relay.report())
     finally:
         signal.set_wakeup_fd(-1)
         relay.close()

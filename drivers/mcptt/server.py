@@ -61,6 +61,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, TextIO
 
+from drivers.files import write_json_atomic
 from drivers.mcptt import codec
 from drivers.mcptt.arbitration import FloorArbitrator, FloorConfig, Send
 from drivers.mcptt.messages import (
@@ -595,7 +596,7 @@ def run(config: ServerConfig, events_path: Path, stats_path: Path | None = None)
                 selector.close()
                 counters = server.close()
             if stats_path is not None:
-                _write_json_atomic(stats_path, counters)
+                write_json_atomic(stats_path, counters)
     finally:
         signal.set_wakeup_fd(old_wakeup)
         for signum, handler in previous.items():
@@ -603,12 +604,6 @@ def run(config: ServerConfig, events_path: Path, stats_path: Path | None = None)
         wake_r.close()
         wake_w.close()
     return 0
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -22,7 +22,6 @@ background load is an ordinary probe stream at a high rate.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import ctypes
 import errno
 import heapq
@@ -39,7 +38,6 @@ import time
 from array import array
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
 
@@ -47,6 +45,7 @@ import numpy as np
 import numpy.typing as npt
 
 from drivers.errors import DriverError
+from drivers.files import write_json_atomic, write_text_atomic
 from drivers.traffic.rtp import (
     FLAG_SEND_ERROR,
     FLAG_SID,
@@ -81,7 +80,6 @@ __all__ = [
     "run_receiver",
     "run_sender",
     "sender_command",
-    "write_json_atomic",
 ]
 
 MAGIC = b"TBPR"
@@ -277,26 +275,6 @@ def receiver_command(
     if stats_out is not None:
         argv += ["--stats-out", os.fspath(stats_out)]
     return argv
-
-
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    """Write JSON via a temporary file and rename, so a reader never sees half a file."""
-    _write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
-
-
-def _write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -892,7 +870,7 @@ def run_receiver(
         sock.settimeout(0.1)
         bound_port = sock.getsockname()[1]
         if ready_file is not None:
-            _write_text_atomic(ready_file, f"{bound_port}\n")
+            write_text_atomic(ready_file, f"{bound_port}\n")
         _receive_loop(sock, fd, stop, stats, bindings)
     finally:
         if fd >= 0:
