@@ -20,6 +20,14 @@ from drivers.errors import DriverError
 EmitFn = Callable[[str, Mapping[str, Any]], None]
 """``emit(event_type, fields)``: records a typed event in the run's event log."""
 
+FaultFn = Callable[[str], None]
+"""``fault(message)``: the device failed on its own (a connection lost between actions). The
+run ends with an ERROR verdict naming the device; may be called from any thread."""
+
+
+def _unreported(message: str) -> None:
+    """Outside a run (tests, tools) nobody collects faults; the driver's own events still say."""
+
 
 class NodeAccess(Protocol):
     """How drivers reach the nodes of the lab (namespaces in the emulated lab)."""
@@ -51,6 +59,7 @@ class DeviceContext:
     processes: ProcessTracker
     nodes: NodeAccess | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    fault: FaultFn = _unreported
 
 
 class Device(ABC):
@@ -229,3 +238,41 @@ class Capture(Device):
     @abstractmethod
     def stop(self) -> list[CaptureResult]:
         """Stop capturing; report per point what was written and what was dropped."""
+
+
+class Radio(Device):
+    """A radio terminal driven over its control port: an LTE/5G modem (3GPP TS 27.007 AT
+    commands) or a TETRA terminal (ETSI EN 300 392-5 PEI). Safe state: transmit released, and
+    left registered or switched off as the lab file says."""
+
+    kind = "radio"
+
+
+class Attenuator(Device):
+    """A programmable RF attenuator; channels are numbered as the instrument numbers them."""
+
+    kind = "attenuator"
+    actions = frozenset({"set", "ramp"})
+
+    @abstractmethod
+    def set_attenuation(self, channel: int, atten_db: float) -> None:
+        """Set one channel; raises :class:`DriverError` if the instrument refused it."""
+
+    @abstractmethod
+    def attenuation(self, channel: int) -> float:
+        """What the instrument reports for one channel, in dB."""
+
+
+class PowerSupply(Device):
+    """A programmable DC power supply that powers a radio under test."""
+
+    kind = "power_supply"
+    actions = frozenset({"output", "set"})
+
+    @abstractmethod
+    def set_output(self, channel: int, on: bool) -> None:
+        """Switch one output on or off."""
+
+    @abstractmethod
+    def measure(self, channel: int) -> Mapping[str, float]:
+        """Read back ``voltage_v`` and ``current_a`` of one output."""

@@ -25,6 +25,16 @@ from drivers.impairment.params import ImpairmentParams
 from drivers.impairment.relay import RelayControl, relay_command
 
 READY_TIMEOUT_S = 10.0
+
+
+def link_control_path(name_prefix: str, link: str) -> Path:
+    """The control socket of the relay in ``link``: found by name, so that emulators coupled to
+    a link (a modem whose radio goes off takes its link down) reach it without the controller.
+    Unix socket paths are limited to 108 bytes: it lives in the temp dir, named with the run
+    prefix so that ``testbed cleanup`` finds a killed run's."""
+    return Path(tempfile.gettempdir()) / f"{name_prefix}-{link}.sock"
+
+
 _ENGINE_DIRECTIONS = {"forward": ("a_to_b",), "reverse": ("b_to_a",), "both": ("a_to_b", "b_to_a")}
 
 
@@ -50,9 +60,7 @@ class EmulatedImpairment(Impairment):
         out_dir.mkdir(parents=True, exist_ok=True)
         seed = int(self.settings.get("seed", 1))
         for i, link in enumerate(links):
-            # Unix socket paths are limited to 108 bytes: keep it short, in the temp dir,
-            # named with the run prefix so that `testbed cleanup` finds a killed run's.
-            control = Path(tempfile.gettempdir()) / f"{self.context.name_prefix}-wire{i}.sock"
+            control = link_control_path(self.context.name_prefix, link)
             ready = out_dir / f".{link}.ready"
             counters_file = out_dir / f"{link}.counters.json"
             argv = relay_command(

@@ -220,9 +220,9 @@ def classify(frame: bytes | bytearray | memoryview, length: int | None = None) -
 @dataclass(slots=True)
 class DirectionCounters:
     """Counters of one direction. Conservation: ``received + duplicated == forwarded +
-    dropped_loss + dropped_queue + dropped_outage + dropped_error + queued``. ``dropped_error``,
-    ``rx_kernel_drops`` and a high ``late_p99_us`` are the relay's own failures, not emulated
-    conditions: a run that shows them did not get what it asked for."""
+    dropped_loss + dropped_queue + dropped_outage + dropped_blocked + dropped_error + queued``.
+    ``dropped_error``, ``rx_kernel_drops`` and a high ``late_p99_us`` are the relay's own
+    failures, not emulated conditions: a run that shows them did not get what it asked for."""
 
     received: int = 0
     forwarded: int = 0
@@ -231,6 +231,9 @@ class DirectionCounters:
     dropped_queue: int = 0
     """Tail drops, and with ``scheduler="priority"`` also frames pushed out by a higher class."""
     dropped_outage: int = 0
+    dropped_blocked: int = 0
+    """Frames dropped while the link is down for a reason outside the impairment: a radio
+    switched off or out of coverage (see :meth:`Relay.block`)."""
     dropped_error: int = 0
     """Frames read truncated (larger than the relay's buffer) or refused by the send call."""
     reordered_sent: int = 0
@@ -295,6 +298,9 @@ class DirectionEngine:
         self.classes = _ClassCounters()
         self.late = _LateHistogram()
         self.last_error: str | None = None
+        self.blocked: set[str] = set()
+        """Why the link is down (e.g. ``radio-off:modem_a1``); empty = up. Not an impairment
+        parameter: setting or clearing the conditions leaves it alone."""
         self._ge_bad = False
         self._last_due_ns = 0
         self._tx_free_ns = 0  # when the rate limiter's serialiser is next idle
@@ -360,6 +366,10 @@ class DirectionEngine:
         c.received += 1
         c.rx_bytes += frame_len
         k.received[cls] += 1
+        if self.blocked:
+            c.dropped_blocked += 1
+            k.dropped[cls] += 1
+            return 0
         if p.outage:
             c.dropped_outage += 1
             k.dropped[cls] += 1
@@ -911,7 +921,10 @@ class Relay:
 
     def _dispatch(self, request: dict[str, Any]) -> dict[str, Any]:
         cmd = request.get("cmd")
-        allowed = {"set": {"cmd", "direction", "params"}}.get(str(cmd), {"cmd"})
+        allowed = {
+            "set": {"cmd", "direction", "params"},
+            "block": {"cmd", "reason", "on"},
+        }.get(str(cmd), {"cmd"})
         extra = sorted(str(k) for k in request if k not in allowed)
         if cmd == "set":
             if extra:
@@ -934,10 +947,17 @@ class Relay:
                 if engine.name in targets:
                     self._set_params(d, params)
             return {"ok": True}
+        if cmd == "block":
+            reason, on = request.get("reason"), request.get("on")
+            if extra or not isinstance(reason, str) or not reason or not isinstance(on, bool):
+                return {"ok": False, "error": "block needs a reason (text) and on (true/false)"}
+            for engine in self.engines:
+                (engine.blocked.add if on else engine.blocked.discard)(reason)
+            return {"ok": True, "blocked": sorted(self.engines[0].blocked)}
         if cmd not in ("get", "counters", "clear", "ping"):
             return {
                 "ok": False,
-                "error": f"unknown cmd {cmd!r} (set, get, counters, clear, ping)",
+                "error": f"unknown cmd {cmd!r} (set, block, get, counters, clear, ping)",
             }
         if extra:
             return {"ok": False, "error": f"unknown field(s) in {cmd}: {', '.join(extra)}"}
@@ -949,7 +969,8 @@ class Relay:
             for d in range(len(self.engines)):
                 self._set_params(d, ImpairmentParams())
             return {"ok": True}
-        return {"ok": True, "pong": True, **self.process_info()}
+        blocked = sorted(self.engines[0].blocked)
+        return {"ok": True, "pong": True, "blocked": blocked, **self.process_info()}
 
     def _set_params(self, d: int, params: ImpairmentParams) -> None:
         engine = self.engines[d]
@@ -1107,8 +1128,14 @@ class RelayControl:
         return counters
 
     def clear(self) -> None:
-        """Both directions back to pass-through; counters are kept."""
+        """Both directions back to pass-through; counters and blocks are kept."""
         self.request({"cmd": "clear"})
+
+    def block(self, reason: str, on: bool) -> list[str]:
+        """Take the link down in both directions for ``reason`` (on) or lift that reason (off);
+        the link carries frames again once no reason is left. Returns the reasons left."""
+        reply = self.request({"cmd": "block", "reason": reason, "on": on})
+        return [str(r) for r in reply.get("blocked", [])]
 
     def ping(self) -> dict[str, Any]:
         """Liveness plus pid, seed, spin window, uptime and CPU seconds."""

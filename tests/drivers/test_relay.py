@@ -136,7 +136,12 @@ def _conserved(engine: DirectionEngine) -> bool:
     c = engine.counters
     return (
         c.received + c.duplicated
-        == (c.forwarded + c.dropped_loss + c.dropped_queue + c.dropped_outage + c.dropped_error)
+        == c.forwarded
+        + c.dropped_loss
+        + c.dropped_queue
+        + c.dropped_outage
+        + c.dropped_blocked
+        + c.dropped_error
         + c.queued
     )
 
@@ -183,6 +188,17 @@ def test_outage_duplicate_reorder_and_conservation() -> None:
     copies = n - 1 + c.duplicated
     assert abs(c.reordered_sent - 0.3 * copies) < 4 * math.sqrt(copies * 0.21)
     assert c.dropped_outage == 1 and _conserved(engine)
+
+
+def test_a_blocked_link_drops_everything_whatever_the_conditions() -> None:
+    engine = _engine(delay_ms=10)
+    engine.blocked.add("radio-off:modem")
+    assert engine.admit(0, 60) == []
+    engine.set_params(ImpairmentParams())  # new conditions do not lift a block
+    assert engine.admit(1, 60) == []
+    engine.blocked.clear()
+    assert engine.admit(2, 60) == [2]
+    assert engine.counters.dropped_blocked == 2 and _conserved(engine)
 
 
 def test_gilbert_elliott_loss_is_bursty_with_the_stationary_rate() -> None:
@@ -389,6 +405,9 @@ def test_control_requests_without_sockets() -> None:
         b'{"cmd": "set", "direction": "both"}',
         b'{"cmd": "set", "direction": "both", "params": {"loss_pct": 500}}',
         b'{"cmd": "set", "direction": "both", "params": {"los_pct": 5}}',
+        b'{"cmd": "block", "reason": "", "on": true}',
+        b'{"cmd": "block", "reason": "x", "on": 1}',
+        b'{"cmd": "block", "reason": "x", "on": true, "link": "y"}',
     ]
     for line in bad:
         reply = relay.handle(line)
@@ -400,6 +419,12 @@ def test_control_requests_without_sockets() -> None:
     assert relay.handle(b'{"cmd": "clear"}') == {"ok": True}
     assert relay.handle(b'{"cmd": "get"}')["params"]["b_to_a"]["delay_ms"] == 0.0
     assert relay.handle(b'{"cmd": "ping"}')["seed"] == 3
+    on = b'{"cmd": "block", "reason": "radio-off:m1", "on": true}'
+    assert relay.handle(on) == {"ok": True, "blocked": ["radio-off:m1"]}
+    assert relay.handle(b'{"cmd": "clear"}') == {"ok": True}  # conditions only
+    assert relay.handle(b'{"cmd": "ping"}')["blocked"] == ["radio-off:m1"]
+    off = b'{"cmd": "block", "reason": "radio-off:m1", "on": false}'
+    assert relay.handle(off) == {"ok": True, "blocked": []}
 
 
 def test_relay_command_line() -> None:
@@ -636,7 +661,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 def _assert_conserved(counters: dict[str, Any]) -> None:
     c = counters
-    drops = c["dropped_loss"] + c["dropped_queue"] + c["dropped_outage"] + c["dropped_error"]
+    drops = sum(c[k] for k in ("dropped_loss", "dropped_queue", "dropped_outage",
+                               "dropped_blocked", "dropped_error"))  # fmt: skip
     assert c["received"] + c["duplicated"] == c["forwarded"] + drops + c["queued"], c
 
 
