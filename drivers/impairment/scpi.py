@@ -15,24 +15,17 @@ against the instrument's error queue, and the whole exchange is saved with the r
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import signal
 import string
-import subprocess
-import sys
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drivers.base import DeviceContext, Impairment
+from drivers.emulators import EmulatorProcess, start_emulator, state_path
 from drivers.errors import DriverError
 from drivers.impairment.params import ImpairmentParams
 from drivers.scpi.client import DEFAULT_TIMEOUT_S, ScpiIOError, ScpiSession
-
-READY_TIMEOUT_S = 10.0
 
 DEFAULT_COMMANDS: dict[str, Any] = {
     "delay_ms": "CHAN{ch}:DEL {value_s}",
@@ -201,7 +194,7 @@ class ScpiImpairment(Impairment):
         self.commands: dict[str, _Command] = {}
         self._links: dict[str, dict[str, Any]] = {}
         self._channels: dict[tuple[str, str], _Channel] = {}
-        self._emulator: subprocess.Popen[bytes] | None = None
+        self._emulator: EmulatorProcess | None = None
         self._emulator_state: Path | None = None
         self.transcript_path = context.run_dir / "transcripts" / f"{name}.scpi.log"
 
@@ -270,36 +263,20 @@ class ScpiImpairment(Impairment):
 
     def _start_emulator(self) -> str:
         """The ``network_emulator`` as a process of this run, on a port the system picks."""
-        out_dir = self.context.run_dir / "scpi"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        ready = out_dir / f"{self.name}.ready.json"
-        ready.unlink(missing_ok=True)
-        self._emulator_state = out_dir / f"{self.name}.state.json"
+        self._emulator_state = state_path(self.context.run_dir, self.name)
         model = str(self.settings.get("emulator_model", "network_emulator"))
-        argv = [
-            sys.executable, "-m", "drivers.scpi.emulator", "--host", "127.0.0.1", "--port", "0",
-            "--model", model, "--serial", self.name, "--ready-file", str(ready),
+        args = [
+            "--host", "127.0.0.1", "--port", "0", "--model", model, "--serial", self.name,
             "--state-out", str(self._emulator_state),
         ]  # fmt: skip
-        # the child imports the same ``drivers`` as this process, installed or not
-        root = str(Path(__file__).resolve().parents[2])
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
-        log = out_dir / f"{self.name}.emulator.log"
-        with log.open("wb") as log_file:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )  # fmt: skip
-        self._emulator = proc
-        self.context.processes.track(proc, f"scpi-emulator:{self.name}")
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while not ready.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                text = log.read_text(errors="replace")[-400:].strip()
-                raise DriverError(self.name, f"SCPI emulator did not start: {text}")
-            time.sleep(0.01)
-        port = int(json.loads(ready.read_text())["port"])
+        self._emulator = start_emulator(
+            self.context, self.name, "drivers.scpi.emulator", args, role="scpi-emulator"
+        )
+        try:
+            port = int(self._emulator.ready["port"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DriverError(self.name, f"the SCPI emulator's ready file has no port: "
+                              f"{self._emulator.ready}") from exc  # fmt: skip
         return f"TCPIP::127.0.0.1::{port}::SOCKET"
 
     def attach(self, links: Sequence[str]) -> None:
@@ -428,13 +405,6 @@ class ScpiImpairment(Impairment):
             except OSError as exc:
                 self._report("scpi.transcript_failed", exc)
             session.close()
-        proc, self._emulator = self._emulator, None
-        if proc is not None and proc.poll() is None:
-            try:
-                proc.send_signal(signal.SIGTERM)
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-            except OSError:
-                pass
+        emulator, self._emulator = self._emulator, None
+        if emulator is not None:
+            emulator.stop()

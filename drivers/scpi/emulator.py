@@ -6,12 +6,14 @@ so a new kind of box (attenuator, power supply) is one more table in :data:`MODE
 parser does the SCPI basics the way real instruments do: short and long forms in any case,
 optional ``[nodes]``, numeric suffixes (omitted = 1), ``;``-separated message units with
 compound-header paths, ``MIN``/``MAX``/``DEF`` and unit suffixes on numbers, IEEE 488.2
-common commands and a FIFO error queue read by ``SYST:ERR?``. Queries of one line are
-answered on one line (several answers joined by ``;``). Every client shares one instrument
-(and so one error queue), like a real box on the LAN. Run it as its own process with
-``python -m drivers.scpi.emulator --port P --model network_emulator``; ``--port 0`` picks a
-free port, which ``--ready-file`` reports, and ``--state-out`` keeps a JSON image of the
-settings (rewritten atomically on every change) for tests and the emulated lab.
+common commands and a FIFO error queue read by ``SYST:ERR?``. A setting may have a
+resolution (a step attenuator keeps the nearest step), and a model may have read-only
+*readings* computed from its settings (a power supply's measured output). Queries of one
+line are answered on one line (several answers joined by ``;``). Every client shares one
+instrument (and so one error queue), like a real box on the LAN. Run it as its own process
+with ``python -m drivers.scpi.emulator --port P --model network_emulator``; ``--port 0``
+picks a free port, which ``--ready-file`` reports, and ``--state-out`` keeps a JSON image of
+the settings (rewritten atomically on every change) for tests and the emulated lab.
 """
 
 from __future__ import annotations
@@ -92,6 +94,26 @@ class Setting:
     units: Mapping[str, float] = field(default_factory=dict)
     choices: tuple[str, ...] = ()
     description: str = ""
+    resolution: float | None = None
+    """Step of a numeric setting: a value is kept as the nearest step from ``minimum`` (ties
+    to even), as a step attenuator does, so a query reads back what the box really holds."""
+
+
+Compute = Callable[[Mapping[str, Value], tuple[int, ...]], Value]
+"""How a reading follows from the settings: ``(values by canonical key, suffixes) -> value``."""
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A read-only value of the instrument (``MEASure#:VOLTage?``) computed from its settings:
+    the emulator's stand-in for what a real box would measure. Query only; ``#`` suffixes
+    range over ``suffixes`` as for a :class:`Setting`."""
+
+    header: str
+    compute: Compute
+    unit: str = ""
+    suffixes: range = range(1, 2)
+    description: str = ""
 
 
 @dataclass(frozen=True)
@@ -104,6 +126,7 @@ class InstrumentModel:
     firmware: str
     settings: tuple[Setting, ...]
     description: str = ""
+    readings: tuple[Reading, ...] = ()
 
 
 _CHANNELS = range(1, 5)
@@ -137,7 +160,76 @@ NETWORK_EMULATOR = InstrumentModel(
     ),
 )  # fmt: skip
 
-MODELS: dict[str, InstrumentModel] = {NETWORK_EMULATOR.name: NETWORK_EMULATOR}
+_DECIBELS = {"DB": 1.0}
+
+ATTENUATOR = InstrumentModel(
+    name="attenuator",
+    manufacturer="EUCCS Testbed",
+    model="RA-4 Programmable Attenuator (emulated)",
+    firmware="1.0",
+    description="Four step attenuators of 0..95.5 dB in 0.25 dB steps, one per RF path.",
+    settings=(
+        Setting("CHANnel#:ATTenuation", "float", 0.0, 0.0, 95.5, "dB", _CHANNELS, _DECIBELS,
+                description="Attenuation of the path; the nearest 0.25 dB step is kept.",
+                resolution=0.25),
+    ),
+)  # fmt: skip
+
+_OUTPUTS = range(1, 3)
+_VOLTS = {"V": 1.0, "MV": 1e-3}
+_AMPS = {"A": 1.0, "MA": 1e-3}
+_OHMS = {"OHM": 1.0, "KOHM": 1e3}
+
+
+def _psu_output(values: Mapping[str, Value], n: int) -> tuple[float, float]:
+    """Volts and amperes at output ``n`` into its emulated resistive load: the set voltage
+    while the load draws less than the current limit (constant voltage), else the limit
+    and the voltage it drives through the load (constant current); nothing when off."""
+    if not values[f"OUTP{n}"]:
+        return 0.0, 0.0
+    volts, limit = float(values[f"SOUR{n}:VOLT"]), float(values[f"SOUR{n}:CURR"])
+    load = float(values[f"SYST:LOAD{n}"])
+    amps = volts / load
+    if amps <= limit:
+        return volts, amps
+    return limit * load, limit
+
+
+def _measured_volts(values: Mapping[str, Value], suffixes: tuple[int, ...]) -> Value:
+    return _psu_output(values, suffixes[0])[0]
+
+
+def _measured_amps(values: Mapping[str, Value], suffixes: tuple[int, ...]) -> Value:
+    return _psu_output(values, suffixes[0])[1]
+
+
+POWER_SUPPLY = InstrumentModel(
+    name="power_supply",
+    manufacturer="EUCCS Testbed",
+    model="PS-2 DC Power Supply (emulated)",
+    firmware="1.0",
+    description="Two outputs of 0..30 V, 0..5 A, each into an emulated resistive load.",
+    settings=(
+        Setting("SOURce#:VOLTage[:LEVel][:IMMediate][:AMPLitude]", "float", 0.0, 0.0, 30.0, "V",
+                _OUTPUTS, _VOLTS, description="Set voltage (constant-voltage level)."),
+        Setting("SOURce#:CURRent[:LEVel][:IMMediate][:AMPLitude]", "float", 1.0, 0.0, 5.0, "A",
+                _OUTPUTS, _AMPS, description="Current limit (constant-current level)."),
+        Setting("OUTPut#[:STATe]", "bool", False, suffixes=_OUTPUTS,
+                description="The output is switched on."),
+        Setting("SYSTem:LOAD#", "float", 10.0, 0.01, 1e6, "ohm", _OUTPUTS, _OHMS,
+                description="Emulator only: resistance of the load on the output."),
+    ),
+    readings=(
+        Reading("MEASure#:VOLTage[:DC]", _measured_volts, "V", _OUTPUTS,
+                "Output voltage: the set voltage, lower in constant-current mode, 0 when off."),
+        Reading("MEASure#:CURRent[:DC]", _measured_amps, "A", _OUTPUTS,
+                "Output current: voltage / load, at most the limit, 0 when off."),
+    ),
+)  # fmt: skip
+
+MODELS: dict[str, InstrumentModel] = {
+    m.name: m for m in (NETWORK_EMULATOR, ATTENUATOR, POWER_SUPPLY)
+}
 """The models ``--model`` may name; a new instrument is one more table here."""
 
 
@@ -265,12 +357,25 @@ def _parse_value(setting: Setting, text: str) -> Value:
         factor = {k.upper(): v for k, v in setting.units.items()}.get(number.group(2))
         if factor is None:
             raise ScpiError(-131, number.group(2))
-        value *= factor
+        value = float(format(value * factor, ".15g"))  # 3300MV is 3.3, not 3.3000000000000003
     low = -float("inf") if setting.minimum is None else setting.minimum
     high = float("inf") if setting.maximum is None else setting.maximum
     if not low <= value <= high:
         raise ScpiError(-222, f"{text.strip()} not in {format_value(low)}..{format_value(high)}")
     return round(value) if setting.kind == "int" else value
+
+
+def _quantised(setting: Setting, value: Value) -> Value:
+    """The nearest step of a setting with a resolution (within its range), else ``value``."""
+    if setting.resolution is None or isinstance(value, bool | str):
+        return value
+    base = setting.minimum if setting.minimum is not None else 0.0  # steps count from here
+    stepped = base + round((float(value) - base) / setting.resolution) * setting.resolution
+    if setting.minimum is not None:
+        stepped = max(stepped, setting.minimum)
+    if setting.maximum is not None:
+        stepped = min(stepped, setting.maximum)
+    return float(format(stepped, ".12g"))  # no float noise in the state image
 
 
 def _limit_keyword(setting: Setting, word: str) -> Value | None:
@@ -327,6 +432,13 @@ class _Entry:
     nodes: tuple[_Node, ...]
     setting: Setting | None = None
     handler: Handler | None = None
+    reading: Reading | None = None
+
+    @property
+    def suffixes(self) -> range:
+        if self.setting is not None:
+            return self.setting.suffixes
+        return self.reading.suffixes if self.reading is not None else range(1, 2)
 
 
 def _syst_err(inst: ScpiInstrument, query: bool, params: list[str]) -> str | None:
@@ -379,6 +491,7 @@ class ScpiInstrument:
         self.revision = 0
         self._lock = threading.RLock()
         self._entries: list[_Entry] = [_Entry(_spec_nodes(s.header), s) for s in model.settings]
+        self._entries += [_Entry(_spec_nodes(r.header), reading=r) for r in model.readings]
         self._entries += _SYSTEM
         self.defaults: dict[str, Value] = {}
         for entry in self._entries:
@@ -482,8 +595,7 @@ class ScpiInstrument:
         for entry in self._entries:
             suffixes = _match(entry.nodes, given)
             if suffixes is not None:
-                allowed = entry.setting.suffixes if entry.setting else range(1, 2)
-                if any(s not in allowed for s in suffixes):
+                if any(s not in entry.suffixes for s in suffixes):
                     raise ScpiError(
                         -114, ":".join(f"{n}{'' if s is None else s}" for n, s in given)
                     )
@@ -495,6 +607,9 @@ class ScpiInstrument:
     ) -> str | None:
         if entry.handler is not None:
             return entry.handler(self, query, params)
+        if entry.reading is not None:
+            _query_only(query, params)
+            return format_value(entry.reading.compute(self.values, suffixes))
         setting = entry.setting
         assert setting is not None
         key = _key(entry.nodes, suffixes)
@@ -510,7 +625,7 @@ class ScpiInstrument:
             raise ScpiError(-109, key)
         if len(params) > 1:
             raise ScpiError(-108, ",".join(params[1:]))
-        value = _typed(setting, _parse_value(setting, params[0]))
+        value = _typed(setting, _quantised(setting, _parse_value(setting, params[0])))
         if self.values[key] != value:
             self.values[key] = value
             self.revision += 1
