@@ -108,6 +108,9 @@ class AtResponse:
     lines: tuple[str, ...]
     final: str
     sent_wall: float
+    sent_mono: float
+    """When the command went on the wire (after any resynchronisation): the start of an
+    access time measured to a URC's :attr:`Urc.mono`."""
     elapsed_s: float
 
     def values(self, name: str) -> list[str]:
@@ -308,6 +311,13 @@ class AtChannel:
                 self._resynchronise()
             return self._exchange(command, timeout_s or self.timeout_s, data)
 
+    def sync(self) -> None:
+        """Resynchronise now if a timeout left a late answer possible, so that a command timed
+        from just before :meth:`command` (an access time) does not include that exchange."""
+        with self._command_lock:
+            if self._resync:
+                self._resynchronise()
+
     def _exchange(self, command: str, timeout_s: float, data: str | None) -> AtResponse:
         port = self._serial
         if port is None or self.lost is not None:
@@ -343,7 +353,7 @@ class AtChannel:
             raise self._io_error(f"connection lost waiting for {command!r}: {self.lost}")
         elapsed = time.monotonic() - sent_mono
         if final in FINAL_OK:
-            return AtResponse(command, tuple(pending.lines), final, sent_wall, elapsed)
+            return AtResponse(command, tuple(pending.lines), final, sent_wall, sent_mono, elapsed)
         code, reason = self._error_reason(final)
         raise AtCommandError(self.device, command, final, code, reason, self.transcript.tail())
 
@@ -401,20 +411,15 @@ class AtChannel:
     def _line(self, raw: bytes) -> None:
         wall, mono = time.time(), time.monotonic()
         try:
-            text = raw.decode("ascii").strip()
+            text: str | None = raw.decode("ascii").strip()
         except UnicodeDecodeError:
-            self._garbled(raw)
+            text = None
+        if text is not None and not _printable(text):
+            text = None
+        if self._urc_collecting is not None and self._collect(text, wall):
             return
-        if not _printable(text):
+        if text is None:
             self._garbled(raw)
-            return
-        if self._urc_collecting is not None:
-            name, rest, u_wall, u_mono, extra, wanted = self._urc_collecting
-            extra.append(text)
-            self.transcript.add("~", f"  {text}", wall)
-            if len(extra) >= wanted:
-                self._urc_collecting = None
-                self._deliver(Urc(name, rest, u_wall, u_mono, tuple(extra)))
             return
         with self._state_lock:
             pending = self._pending
@@ -432,6 +437,21 @@ class AtChannel:
             return
         self.counts["unexpected"] += 1
         self.transcript.add("?", text, wall)
+
+    def _collect(self, text: str | None, wall: float) -> bool:
+        """A line after a URC that carries more lines (an SDS payload): it belongs to the URC,
+        as ``GARBLED`` if it arrived mangled, unless it is a final result, which then ends the
+        URC short of its lines (so a mangled payload never swallows a command's ``OK``)."""
+        assert self._urc_collecting is not None
+        name, rest, u_wall, u_mono, extra, wanted = self._urc_collecting
+        final = text is not None and (text in FINAL_OK or text in FINAL_ERRORS or _CME.match(text))
+        if not final:
+            extra.append("GARBLED" if text is None else text)
+            self.transcript.add("~", f"  {text if text is not None else '(garbled)'}", wall)
+        if final or len(extra) >= wanted:
+            self._urc_collecting = None
+            self._deliver(Urc(name, rest, u_wall, u_mono, tuple(extra)))
+        return not final
 
     def _answers(self, pending: _Pending, text: str) -> bool:
         """Whether ``text`` belongs to the waiting command (caller holds the state lock)."""

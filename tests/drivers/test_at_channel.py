@@ -256,6 +256,23 @@ def test_user_data_follows_the_command_with_ctrl_z(make_channel: Callable[..., t
     assert wait_for(lambda: len(seen) >= 1)
 
 
+def test_a_mangled_urc_payload_never_swallows_an_answer(
+    make_channel: Callable[..., tuple],
+) -> None:
+    def script(line: str) -> bytes:
+        if line == "AT+CSQ":  # the payload line is lost: the OK must still end the command
+            return b"\r\n+CTSDSR: 12,1001,0,2002,0,32\r\n" + ok("+CSQ: 7,99")
+        return b"\r\n+CTSDSR: 12,1001,0,2002,0,32\r\n\xff\xfe\r\n" + ok()
+
+    channel, _, urcs = make_channel(script)
+    assert channel.command("AT").final == "OK"
+    assert wait_for(lambda: len(urcs) == 1) and urcs[0].extra == ("GARBLED",)
+    response = channel.command("AT+CSQ")
+    assert response.final == "OK" and response.sent_mono <= time.monotonic()
+    assert wait_for(lambda: len(urcs) == 2)
+    assert urcs[1].extra == ("+CSQ: 7,99",)  # taken as the payload it was announced as
+
+
 def test_split_params_respects_quotes() -> None:
     assert split_params('1,"a,b",,"x"') == ["1", "a,b", "", "x"]
     assert split_params("") == [""]
