@@ -74,6 +74,11 @@ class Progress:
             return f"{event.device}.{event.action} (at {event.planned_at_s:g} s) {status}"
         if isinstance(event, ev.DeviceEvent) and event.name.endswith(("built", "started")):
             return f"{event.device}: {event.name} {_fields(event.fields)}"
+        if isinstance(event, ev.DeviceEvent) and event.name in SHOWN_DEVICE_EVENTS:
+            shown = {k: v for k, v in event.fields.items() if k in SHOWN_FIELDS}
+            return f"{event.device}: {event.name} {_fields(shown)}"
+        if isinstance(event, ev.DeviceFault):
+            return f"{event.device} FAILED: {event.message}"
         if isinstance(event, ev.TeardownStep) and not event.ok:
             return f"teardown {event.device}.{event.step} FAILED: {event.error}"
         if isinstance(event, ev.RunFinished):
@@ -92,6 +97,13 @@ class Progress:
         if self.tty and self._drawn:
             self.out.write("\n")
             self.out.flush()
+
+
+SHOWN_DEVICE_EVENTS = frozenset(
+    {"radio.registration", "radio.lost", "tetra.lost", "tetra.preempted", "attenuator.ramp"}
+)
+"""Driver events worth a line of progress: the state changes a lab engineer watches for."""
+SHOWN_FIELDS = frozenset({"stat_name", "plmn", "from_db", "to_db", "duration_s", "by_tpi", "why"})
 
 
 def _fields(fields: Mapping[str, Any]) -> str:

@@ -268,6 +268,21 @@ def make_plan(
             continue
         if ev.at_s > profile.duration_s:
             problems.add("profile", ("timeline", i, "at_s"), "lies after the end (duration_s)")
+        lasts = ev.args.get("duration_s")
+        if isinstance(lasts, int | float) and not isinstance(lasts, bool):
+            if lasts >= ev.timeout_s:
+                problems.add(
+                    "profile",
+                    ("timeline", i, "timeout_s"),
+                    f"the action lasts {lasts:g} s (args.duration_s): give it a timeout_s above "
+                    f"that (now {ev.timeout_s:g} s)",
+                )
+            elif ev.at_s + lasts > profile.duration_s:
+                problems.add(
+                    "profile",
+                    ("timeline", i, "args", "duration_s"),
+                    "the action would outlast the profile (at_s + duration_s > duration_s)",
+                )
         dev = device_names.get(name)
         if dev is not None:
             try:
@@ -289,7 +304,14 @@ def make_plan(
         )
     timeline.sort(key=lambda e: e.at_s)  # stable: equal times keep profile order
     used = {e.device for e in timeline}
+    for i, ref in enumerate(profile.devices):
+        name, why = _resolve(ref, lab.devices)
+        if name is None:
+            problems.add("profile", ("devices", i), why)
+        else:
+            used.add(name)
     devices = [d for d in devices if d.kind in INFRASTRUCTURE_KINDS or d.name in used]
+    devices.sort(key=lambda d: OPEN_ORDER.get(d.kind, len(OPEN_ORDER)))
 
     captures = []
     points = {c.name: c for c in lab.capture_points}
@@ -392,7 +414,17 @@ def _sweep_points(
 INFRASTRUCTURE_KINDS = frozenset({"network", "traffic", "capture", "impairment"})
 """Device kinds every run uses (links run through impairments whether or not the timeline acts
 on them); a device of any other kind (radios, instruments, cores, MCPTT) is reserved and opened
-only when the profile's timeline drives it."""
+only when the profile's timeline drives it or its ``devices`` list names it."""
+
+OPEN_ORDER = {
+    kind: rank
+    for rank, kind in enumerate(
+        ("network", "impairment", "core", "power_supply", "attenuator", "scpi", "radio", "mcptt")
+    )
+}
+"""The order devices open in (and close in reverse): what others run on or are coupled to comes
+first: the network, the links' impairment engines, the cores, the instruments that power and
+attenuate the radios, then the radios and the applications; the rest (traffic, capture) last."""
 
 
 def _devices(lab: Lab, catalog: ActionCatalog, problems: _Problems) -> list[PlannedDevice]:

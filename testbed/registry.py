@@ -24,6 +24,12 @@ BUILTIN: dict[tuple[str, str], str] = {
     ("impairment", "netem"): "drivers.impairment.netem:NetemImpairment",
     ("impairment", "scpi"): "drivers.impairment.scpi:ScpiImpairment",
     ("mcptt", "emulated"): "drivers.mcptt.emulated:EmulatedMcptt",
+    ("radio", "at"): "drivers.radio.modem:AtModem",
+    ("radio", "pei"): "drivers.tetra.pei:PeiTerminal",
+    ("core", "tetra_emulated"): "drivers.tetra.emulated_swmi:EmulatedSwmi",
+    ("attenuator", "scpi"): "drivers.instrument.attenuator:ScpiAttenuator",
+    ("power_supply", "scpi"): "drivers.instrument.power_supply:ScpiPowerSupply",
+    ("scpi", "generic"): "drivers.instrument.generic:GenericScpi",
 }
 
 

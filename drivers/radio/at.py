@@ -212,6 +212,15 @@ class _Pending:
     done: threading.Event = field(default_factory=threading.Event)
 
 
+_SECRET_ARGS = re.compile(r"^(AT\+(?:CPIN|CPWD|CLCK)=)(.*)$", re.IGNORECASE)
+"""Commands whose arguments are PINs and passwords: kept out of transcripts and messages."""
+
+
+def _redacted(command: str) -> str:
+    match = _SECRET_ARGS.match(command)
+    return f"{match.group(1)}<redacted>" if match else command
+
+
 def _printable(text: str) -> bool:
     return all(ch == "\t" or " " <= ch <= "~" for ch in text)
 
@@ -249,7 +258,14 @@ class AtChannel:
         self.baudrate = baudrate
         self.timeout_s = timeout_s
         self.error_names = dict(error_names)
-        self.counts = {"commands": 0, "urcs": 0, "garbled": 0, "unexpected": 0, "timeouts": 0}
+        self.counts = {
+            "commands": 0,
+            "urcs": 0,
+            "garbled": 0,
+            "unexpected": 0,
+            "timeouts": 0,
+            "resyncs": 0,
+        }
         self.lost: str | None = None
         """Why the connection went away, or None while it is up."""
         self._serial: serial.Serial | None = None
@@ -280,6 +296,12 @@ class AtChannel:
     def close(self) -> None:
         """Stop the threads and close the connection. Never raises."""
         self._closing.set()
+        with self._state_lock:  # a command still waiting ends now, as a lost connection
+            pending = self._pending
+            if pending is not None:
+                pending.final = "LOST"
+                pending.done.set()
+        self.lost = self.lost or "closed"
         port, self._serial = self._serial, None
         if port is not None:
             with contextlib.suppress(Exception):
@@ -309,7 +331,7 @@ class AtChannel:
         with self._command_lock:
             if self._resync:
                 self._resynchronise()
-            return self._exchange(command, timeout_s or self.timeout_s, data)
+            return self._exchange(command, self.timeout_s if timeout_s is None else timeout_s, data)
 
     def sync(self) -> None:
         """Resynchronise now if a timeout left a late answer possible, so that a command timed
@@ -318,7 +340,9 @@ class AtChannel:
             if self._resync:
                 self._resynchronise()
 
-    def _exchange(self, command: str, timeout_s: float, data: str | None) -> AtResponse:
+    def _exchange(
+        self, command: str, timeout_s: float, data: str | None, *, probe: bool = False
+    ) -> AtResponse:
         port = self._serial
         if port is None or self.lost is not None:
             raise self._io_error(f"not connected ({self.lost or 'closed'})")
@@ -328,34 +352,37 @@ class AtChannel:
             self._pending = pending
         wire = command + "\r" + (data + "\x1a" if data is not None else "")
         sent_wall, sent_mono = time.time(), time.monotonic()
-        self.transcript.add(">", command + (f" <data {data}>" if data is not None else ""))
-        self.counts["commands"] += 1
+        shown = _redacted(command)
+        self.transcript.add(">", shown + (f" <data {data}>" if data is not None else ""))
+        if not probe:
+            self.counts["commands"] += 1
         try:
             port.write(wire.encode("ascii"))
         except (serial.SerialException, OSError, UnicodeEncodeError) as exc:
             self._clear_pending(pending)
-            raise self._io_error(f"sending {command!r} failed: {exc}") from exc
+            raise self._io_error(f"sending {shown!r} failed: {exc}") from exc
         finished = pending.done.wait(timeout_s)
         self._clear_pending(pending)
         if not finished:
             if self.lost is not None:
-                raise self._io_error(f"connection lost waiting for {command!r}: {self.lost}")
-            self.counts["timeouts"] += 1
-            self._resync = True
-            self.transcript.add("!", f"no final result to {command} within {timeout_s:g} s")
+                raise self._io_error(f"connection lost waiting for {shown!r}: {self.lost}")
+            if not probe:
+                self.counts["timeouts"] += 1
+                self._resync = True
+            self.transcript.add("!", f"no final result to {shown} within {timeout_s:g} s")
             raise AtTimeout(
                 self.device,
-                f"no answer to {command!r} within {timeout_s:g} s",
+                f"no answer to {shown!r} within {timeout_s:g} s",
                 self.transcript.tail(),
             )
         final = pending.final or ""
         if final == "LOST":
-            raise self._io_error(f"connection lost waiting for {command!r}: {self.lost}")
+            raise self._io_error(f"connection lost waiting for {shown!r}: {self.lost}")
         elapsed = time.monotonic() - sent_mono
         if final in FINAL_OK:
             return AtResponse(command, tuple(pending.lines), final, sent_wall, sent_mono, elapsed)
         code, reason = self._error_reason(final)
-        raise AtCommandError(self.device, command, final, code, reason, self.transcript.tail())
+        raise AtCommandError(self.device, shown, final, code, reason, self.transcript.tail())
 
     def _error_reason(self, final: str) -> tuple[int | None, str]:
         match = _CME.match(final)
@@ -371,8 +398,9 @@ class AtChannel:
         """After a timeout a late answer may still come: a bare ``AT`` and its ``OK`` mark
         where the next command's answer starts."""
         self._resync = False
+        self.counts["resyncs"] += 1
         with contextlib.suppress(AtTimeout, AtCommandError):
-            self._exchange("AT", RESYNC_TIMEOUT_S, None)
+            self._exchange("AT", RESYNC_TIMEOUT_S, None, probe=True)
 
     def _clear_pending(self, pending: _Pending) -> None:
         with self._state_lock:
@@ -456,7 +484,7 @@ class AtChannel:
     def _answers(self, pending: _Pending, text: str) -> bool:
         """Whether ``text`` belongs to the waiting command (caller holds the state lock)."""
         if text.upper() == pending.command.upper():
-            self.transcript.add("<", f"(echo) {text}")
+            self.transcript.add("<", f"(echo) {_redacted(text)}")
             return True
         if text in FINAL_OK or text in FINAL_ERRORS or _CME.match(text):
             self.transcript.add("<", text)

@@ -320,6 +320,12 @@ class Profile(StrictModel):
     impairments: tuple[Impairment, ...] = ()
     timeline: tuple[TimelineEvent, ...] = ()
     captures: tuple[Name, ...] = Field(default=(), description="Capture point names of the lab.")
+    devices: tuple[Name, ...] = Field(
+        default=(),
+        description="Lab devices (names or roles) the run opens although its timeline does not "
+        "drive them: radios whose registration and signal it records, instruments it keeps in "
+        "their safe state, emulators other devices depend on.",
+    )
     kpis: tuple[Kpi, ...] = ()
     sweep: tuple[SweepAxis, ...] = Field(
         default=(), description="Run every combination of these impairment values."

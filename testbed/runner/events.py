@@ -50,6 +50,16 @@ class LeaseWaiting(Event):
 
 
 @dataclass(frozen=True)
+class DeviceFault(Event):
+    """A device failed on its own, between actions (a lost connection, a dead emulator)."""
+
+    type: ClassVar[str] = "device.fault"
+    device: str
+    message: str
+    during_teardown: bool = False
+
+
+@dataclass(frozen=True)
 class DeviceOpened(Event):
     type: ClassVar[str] = "device.opened"
     device: str

@@ -126,6 +126,7 @@ class Runner:
         self._tearing_down = False
         self._heartbeat_stop = threading.Event()
         self._traffic_running: TrafficSource | None = None
+        self._faults: list[str] = []
 
     # events --------------------------------------------------------------------------
 
@@ -146,6 +147,25 @@ class Runner:
             self._emit(ev.DeviceEvent, device=device, name=name, fields=dict(fields))
 
         return emit
+
+    def _fault_reporter(self, device: str) -> Callable[[str], None]:
+        """A device failed on its own (from any thread): the measurement stops at its next
+        check and the run ends ERROR. During teardown devices are being stopped on purpose, so
+        a fault then is only recorded as an event."""
+
+        def fault(message: str) -> None:
+            during_teardown = self._tearing_down
+            self._emit(
+                ev.DeviceFault, device=device, message=message, during_teardown=during_teardown
+            )
+            if not during_teardown:
+                self._faults.append(f"{device}: {message}")
+
+        return fault
+
+    def _check_faults(self) -> None:
+        if self._faults:
+            raise RunError("device failed during the run: " + "; ".join(self._faults))
 
     # signals and time limit ------------------------------------------------------------
 
@@ -327,6 +347,7 @@ class Runner:
                 emit=self._device_emitter(planned.name),
                 processes=state,
                 nodes=network,
+                fault=self._fault_reporter(planned.name),
             )
             device = cls(planned.name, planned.settings, context)
             self._opened.append(_Opened(planned.name, planned.kind, device))
@@ -373,6 +394,7 @@ class Runner:
             t_rep += START_DELAY_S
         self._run_timeline(rep, t_rep, data)
         self._sleep_until(t_rep + self.plan.duration_s)
+        self._check_faults()
         if self._traffic_running is not None:
             results = self._traffic_running.stop()
             self._traffic_running = None
@@ -412,6 +434,7 @@ class Runner:
 
     def _sleep_until(self, deadline: float) -> None:
         while True:
+            self._check_faults()
             left = deadline - time.monotonic()
             if left <= 0:
                 return

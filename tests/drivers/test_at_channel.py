@@ -175,9 +175,9 @@ def test_final_errors_are_decoded(
 ) -> None:
     channel, _, _ = make_channel(lambda line: f"\r\n{final}\r\n".encode())
     with pytest.raises(AtCommandError) as caught:
-        channel.command("AT+CPIN=0000")
+        channel.command("AT+CGACT=1,1")
     assert (caught.value.code, caught.value.reason, caught.value.final) == (code, reason, final)
-    assert "modem1" in str(caught.value) and "AT+CPIN=0000" in str(caught.value)
+    assert "modem1" in str(caught.value) and "AT+CGACT=1,1" in str(caught.value)
 
 
 def test_device_specific_error_table(make_channel: Callable[..., tuple]) -> None:
@@ -271,6 +271,24 @@ def test_a_mangled_urc_payload_never_swallows_an_answer(
     assert response.final == "OK" and response.sent_mono <= time.monotonic()
     assert wait_for(lambda: len(urcs) == 2)
     assert urcs[1].extra == ("+CSQ: 7,99",)  # taken as the payload it was announced as
+
+
+def test_pins_stay_out_of_transcripts_and_messages(make_channel: Callable[..., tuple]) -> None:
+    channel, _, _ = make_channel(lambda line: line.encode() + b"\r\n+CME ERROR: 16\r\n")
+    with pytest.raises(AtCommandError) as caught:
+        channel.command('AT+CPIN="4321"')
+    log = channel.transcript.path.read_text()  # type: ignore[union-attr]
+    assert "4321" not in log and "4321" not in str(caught.value)
+    assert "AT+CPIN=<redacted>" in log
+
+
+def test_close_ends_a_waiting_command_at_once(make_channel: Callable[..., tuple]) -> None:
+    channel, _, _ = make_channel(lambda line: None)
+    threading.Timer(0.2, channel.close).start()
+    started = time.monotonic()
+    with pytest.raises(AtIOError):
+        channel.command("AT+COPS=?", timeout_s=10.0)
+    assert time.monotonic() - started < 5.0 and channel.counts["timeouts"] == 0
 
 
 def test_split_params_respects_quotes() -> None:

@@ -105,6 +105,11 @@ def test_shipped_lab_loads() -> None:
         ("capture", "capture", "dumpcap"),
         ("radio_channel", "impairment", "emulated"),
         ("mcptt", "mcptt", "emulated"),
+        ("atten", "attenuator", "scpi"),
+        ("psu", "power_supply", "scpi"),
+        *((f"modem_{ue}", "radio", "at") for ue in ("a1", "a2", "b1", "b2")),
+        ("swmi", "core", "tetra_emulated"),
+        *((f"tetra_{t}", "radio", "pei") for t in ("dispatch", "fire1", "fire2")),
     }
     assert {x.name for x in lab.links if x.impaired_by == "radio_channel"} == {
         "radio_a1",

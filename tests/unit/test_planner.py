@@ -31,6 +31,11 @@ FAKE_DRIVERS: dict[tuple[str, str], frozenset[str]] = {
     ("impairment", "netem"): frozenset({"apply", "clear"}),
     ("impairment", "emulated"): frozenset({"set", "clear", "outage_start", "outage_end"}),
     ("mcptt", "emulated"): frozenset({"join", "ptt_press", "ptt_release"}),
+    ("radio", "at"): frozenset({"radio_off", "radio_on"}),
+    ("radio", "pei"): frozenset({"ptt_press", "ptt_release"}),
+    ("core", "tetra_emulated"): frozenset(),
+    ("attenuator", "scpi"): frozenset({"set", "ramp"}),
+    ("power_supply", "scpi"): frozenset({"output", "set"}),
 }
 
 
@@ -730,6 +735,30 @@ def test_devices_outside_the_infrastructure_are_planned_only_when_the_timeline_u
     events = [{"at_s": 1, "device": "mcptt", "action": "join", "args": {"user": "ue_a1"}}]
     used = make_plan(profile_of(timeline=events), shipped_lab, fake_catalog)
     assert "mcptt" in {d.name for d in used.devices}
+
+
+def test_listed_devices_are_opened_in_coupling_order(shipped_lab: Lab) -> None:
+    events = [{"at_s": 1, "device": "atten", "action": "set", "args": {"atten_db": 3}}]
+    profile = profile_of(timeline=events, devices=["modem_a1", "psu"])
+    kinds = [d.kind for d in make_plan(profile, shipped_lab, fake_catalog).devices]
+    assert kinds.index("network") < kinds.index("impairment") < kinds.index("power_supply")
+    assert kinds.index("power_supply") < kinds.index("attenuator") < kinds.index("radio")
+    assert plan_problems(profile_of(devices=["nothing"]), shipped_lab) == [
+        "profile: devices.0: no entry named 'nothing' and no entry with that role"
+    ]
+
+
+def test_an_action_that_lasts_needs_a_longer_deadline(shipped_lab: Lab) -> None:
+    ramp = {"at_s": 1, "device": "atten", "action": "ramp", "args": {"duration_s": 12}}
+    assert plan_problems(profile_of(duration_s=20, timeline=[ramp]), shipped_lab) == [
+        "profile: timeline.0.timeout_s: the action lasts 12 s (args.duration_s): give it a "
+        "timeout_s above that (now 10 s)"
+    ]
+    late = {**ramp, "at_s": 15, "timeout_s": 14}
+    assert plan_problems(profile_of(duration_s=20, timeline=[late]), shipped_lab) == [
+        "profile: timeline.0.args.duration_s: the action would outlast the profile "
+        "(at_s + duration_s > duration_s)"
+    ]
 
 
 def test_mcptt_kpis_need_captures(shipped_lab: Lab) -> None:
