@@ -100,7 +100,14 @@ class Progress:
 
 
 SHOWN_DEVICE_EVENTS = frozenset(
-    {"radio.registration", "radio.lost", "tetra.lost", "tetra.preempted", "attenuator.ramp"}
+    {
+        "radio.registration",
+        "radio.reboot",
+        "radio.lost",
+        "tetra.lost",
+        "tetra.preempted",
+        "attenuator.ramp",
+    }
 )
 """Driver events worth a line of progress: the state changes a lab engineer watches for."""
 SHOWN_FIELDS = frozenset({"stat_name", "plmn", "from_db", "to_db", "duration_s", "by_tpi", "why"})
@@ -152,8 +159,21 @@ def print_verdict_table(out: TextIO, summary: Mapping[str, Any]) -> None:
                 f"{_num(row['owd_p50_ms']):>9} {_num(row['owd_p95_ms']):>9} "
                 f"{_num(row['jitter_ms']):>8}\n"
             )
+    for device, counters in sorted(summary.get("devices", {}).items()):
+        for outage in counters.get("outages", []) if isinstance(counters, dict) else []:
+            lost = _clock_time(outage.get("lost_wall"))
+            back = _clock_time(outage.get("regained_wall"))
+            took = outage.get("duration_s")
+            length = "still out at the end" if took is None else f"{took:.3f} s"
+            out.write(f"  RADIO {device}: not registered {length} (lost {lost}, back {back})\n")
     for error in summary.get("errors", []):
         out.write(f"  error: {error}\n")
+
+
+def _clock_time(wall: Any) -> str:
+    if not isinstance(wall, int | float):
+        return "-"
+    return time.strftime("%H:%M:%S", time.gmtime(wall)) + f".{int(wall % 1 * 1000):03d}Z"
 
 
 def _num(value: Any) -> str:

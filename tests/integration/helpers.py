@@ -89,6 +89,22 @@ def foreign_ns_processes(marker: str = "") -> list[str]:
     return found
 
 
+def processes_naming(marker: str) -> list[str]:
+    """Processes in any namespace whose command line contains ``marker`` (emulators of a run
+    name files in its run directory)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        try:
+            cmd = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if cmd and marker.encode() in cmd:
+            found.append(f"{entry} {cmd.decode(errors='replace')[:100]}")
+    return found
+
+
 def prefix_of(run_dir: Path) -> str:
     manifest = json.loads((run_dir / "manifest.json").read_text())
     return str(manifest["name_prefix"]) + "-"
@@ -98,5 +114,6 @@ def assert_clean(run_dir: Path) -> None:
     prefix = prefix_of(run_dir)
     assert namespaces_with(prefix) == [], f"namespaces left: {namespaces_with(prefix)}"
     assert foreign_ns_processes(str(run_dir)) == [], "processes left in namespaces"
+    assert processes_naming(str(run_dir)) == [], "processes of the run left running"
     dumpcaps = subprocess.run(["pgrep", "-af", "dumpcap"], capture_output=True, text=True).stdout
     assert str(run_dir) not in dumpcaps, f"dumpcap left running: {dumpcaps}"
