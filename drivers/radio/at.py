@@ -143,8 +143,9 @@ class Urc:
         return f"{self.name}: {self.text}" if self.text else self.name
 
 
-def split_params(text: str) -> list[str]:
-    """Split ``a,"b,c",,d`` into ``["a", "b,c", "", "d"]``: commas inside quotes are text."""
+def split_params(text: str, *, keep_quotes: bool = False) -> list[str]:
+    """Split ``a,"b,c",,d`` into ``["a", "b,c", "", "d"]``: commas inside quotes are text.
+    ``keep_quotes`` leaves quoted parameters quoted (``"00A1"`` is a tac, ``1`` a stat)."""
     out: list[str] = []
     current: list[str] = []
     quoted = False
@@ -157,6 +158,8 @@ def split_params(text: str) -> list[str]:
             continue
         current.append(ch)
     out.append("".join(current).strip())
+    if keep_quotes:
+        return out
     return [p[1:-1] if len(p) >= 2 and p[0] == p[-1] == '"' else p for p in out]
 
 

@@ -108,28 +108,11 @@ class Registration:
     reject_cause: int | None = None
 
 
-def _raw_params(text: str) -> list[str]:
-    """Comma split outside quotes, keeping the quotes (to tell a quoted tac from a stat)."""
-    out: list[str] = []
-    current: list[str] = []
-    quoted = False
-    for ch in text:
-        if ch == '"':
-            quoted = not quoted
-        if ch == "," and not quoted:
-            out.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-    out.append("".join(current).strip())
-    return out
-
-
 def is_read_form(text: str) -> bool:
     """Whether a ``+CEREG:``/``+CREG:`` text is a read answer (``<n>,<stat>[,...]``) rather than
     a URC (``<stat>[,"<tac>",...]``): the two differ in their second field, a number or a
     quoted hex string. A URC of the same name can land among a read command's lines."""
-    raw = _raw_params(text)
+    raw = split_params(text, keep_quotes=True)
     if len(raw) == 1:
         return False
     return not raw[1].startswith('"')
