@@ -141,7 +141,8 @@ def test_signal_aborts_and_tears_down(
 
 
 def test_sigkill_then_cleanup(tmp_path: Path, testbed_env: dict[str, str]) -> None:
-    profile = write_profile(tmp_path / "p.yaml", duration_s=30)
+    # with device emulators too: processes outside the namespaces that cleanup must stop
+    profile = write_profile(tmp_path / "p.yaml", duration_s=30, devices=["modem_a1", "atten"])
     proc = start_run(profile, testbed_env)
     run_dir = wait_for_event(testbed_env, "traffic.started")
     proc.kill()
