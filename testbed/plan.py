@@ -108,6 +108,9 @@ class PlannedKpi(_PlanModel):
     stream: str | None
     metric: str | None
     mcptt: str | None = None
+    device: str | None = None
+    counter: str | None = None
+    unit: str = ""
     max: float | None
     min: float | None
     reference: str
@@ -337,7 +340,20 @@ def make_plan(
             problems.add(
                 "profile", ("kpis", i, "stream"), f"no stream {k.stream!r} in this profile"
             )
-        kpis.append(PlannedKpi(**k.model_dump()))
+        planned = k.model_dump()
+        if k.device is not None:
+            name, why = _resolve(k.device, lab.devices)
+            if name is None:
+                problems.add("profile", ("kpis", i, "device"), why)
+            elif name not in {d.name for d in devices}:
+                problems.add(
+                    "profile",
+                    ("kpis", i, "device"),
+                    f"device {name!r} is not opened by this profile: drive it from the "
+                    "timeline or list it in devices",
+                )
+            planned["device"] = name or k.device
+        kpis.append(PlannedKpi(**planned))
 
     if problems.items:
 

@@ -1,4 +1,5 @@
-"""KPI verdicts: a limit from the profile applied to a stream metric or to an MCPTT KPI.
+"""KPI verdicts: a limit from the profile applied to a stream metric, an MCPTT KPI or a
+device counter.
 
 With repetitions, a stream KPI is judged on every repetition and reports the worst value; it
 fails when any repetition misses the limit. An MCPTT KPI is a percentile over every sample of
@@ -54,11 +55,15 @@ def evaluate(
     kpis: Sequence[PlannedKpi],
     streams: Sequence[Mapping[str, Any]],
     mcptt: Mapping[str, Any] | None = None,
+    devices: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for kpi in kpis:
         if kpi.mcptt is not None:
             out.append(_evaluate_mcptt(kpi, (mcptt or {}).get("kpis", {}).get(kpi.mcptt)))
+            continue
+        if kpi.device is not None:
+            out.append(_evaluate_counter(kpi, (devices or {}).get(kpi.device)))
             continue
         assert kpi.stream is not None and kpi.metric is not None  # the model guarantees it
         entries = [s for s in streams if s.get("id") == kpi.stream]
@@ -93,6 +98,40 @@ def evaluate(
             result.update(value=worst, verdict="FAIL" if failing else "PASS")
         out.append(result)
     return out
+
+
+def _evaluate_counter(kpi: PlannedKpi, counters: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A number from a device's counters (the whole run: devices count across repetitions)."""
+    assert kpi.counter is not None  # the model guarantees it
+    value = None
+    if counters is not None:
+        found: Any = counters
+        for part in kpi.counter.split("."):
+            if isinstance(found, Mapping):
+                found = found.get(part)
+            elif isinstance(found, list) and part.isdigit() and int(part) < len(found):
+                found = found[int(part)]
+            else:
+                found = None
+        if isinstance(found, int | float) and not isinstance(found, bool):
+            value = float(found)
+    result: dict[str, Any] = {
+        "name": kpi.name,
+        "device": kpi.device,
+        "counter": kpi.counter,
+        "unit": kpi.unit,
+        "limit": limit_text(kpi),
+        "min": kpi.min,
+        "max": kpi.max,
+        "samples": 1 if value is not None else 0,
+        "reference": kpi.reference,
+    }
+    if value is None:
+        why = "the device reported no counters" if counters is None else "no such number"
+        result.update(value=None, verdict="FAIL", note=f"{why}: devices.{kpi.device}.{kpi.counter}")
+    else:
+        result.update(value=value, verdict="PASS" if _within(kpi, value) else "FAIL")
+    return result
 
 
 def _evaluate_mcptt(kpi: PlannedKpi, measured: Mapping[str, Any] | None) -> dict[str, Any]:

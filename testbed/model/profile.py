@@ -259,9 +259,11 @@ MCPTT_KPIS_WITHOUT_LIMIT = ("preemption_revoke", "preemption_grant")
 
 
 class Kpi(StrictModel):
-    """A limit on a stream metric (``stream`` and ``metric``) or on an MCPTT KPI measured from
-    the captures (``mcptt``). ``max`` and/or ``min`` bound the value (inclusive); an MCPTT KPI
-    of TS 22.179 (kpi1-kpi4) without them is judged against the TS 22.179 limit."""
+    """A limit on a stream metric (``stream`` and ``metric``), on an MCPTT KPI measured from
+    the captures (``mcptt``) or on a number a device counted (``device`` and ``counter``, e.g.
+    a TETRA terminal's access times or pre-emptions, a modem's outage). ``max`` and/or ``min``
+    bound the value (inclusive); an MCPTT KPI of TS 22.179 (kpi1-kpi4) without them is judged
+    against the TS 22.179 limit."""
 
     name: str = Field(min_length=1, max_length=120)
     stream: Name | None = None
@@ -269,12 +271,31 @@ class Kpi(StrictModel):
     mcptt: McpttKpi | None = Field(
         default=None, description="An MCPTT KPI (95th percentile) instead of a stream metric."
     )
+    device: Name | None = Field(
+        default=None,
+        description="Or a device's counter (summary.json devices.<device>): with `counter`.",
+    )
+    counter: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$",
+        description="Dotted path of a number in the device's counters, e.g. access_ms_max "
+        "(TETRA) or outages.0.duration_s (modem).",
+    )
+    unit: str = Field(default="", max_length=20, description="Unit of a device counter.")
     max: float | None = None
     min: float | None = None
     reference: str = Field(default="", description="Where the definition and limit come from.")
 
     @model_validator(mode="after")
     def _has_subject_and_limit(self) -> Kpi:
+        if (self.device is None) != (self.counter is None):
+            raise ValueError("a device KPI names both the device and its counter")
+        if self.device is not None:
+            if self.stream is not None or self.metric is not None or self.mcptt is not None:
+                raise ValueError("a device KPI has no stream, metric or mcptt: remove them")
+            if self.max is None and self.min is None:
+                raise ValueError("a KPI needs a limit: max, min or both")
+            return self
         if self.mcptt is not None:
             if self.stream is not None or self.metric is not None:
                 raise ValueError("an mcptt KPI has no stream or metric: remove them")

@@ -553,7 +553,10 @@ class Runner:
         self, record: RunRecord, index: Index, data: _RunData, started_at: float
     ) -> dict[str, Any]:
         kpis = evaluate(
-            self.plan.kpis, [s for s in data.streams if s.get("repetition")], data.mcptt
+            self.plan.kpis,
+            [s for s in data.streams if s.get("repetition")],
+            data.mcptt,
+            data.counters,
         )
         verdict = overall_verdict(data.aborted, data.errors, kpis)
         ended_at = time.time()

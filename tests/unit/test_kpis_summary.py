@@ -354,3 +354,24 @@ def test_junit_keeps_non_ascii_names() -> None:
     kpis = evaluate([kpi(max=1, name="Verzögerung ≤ 1 %")], [stream(loss_pct=0.0)])
     suite = parse(junit_xml(summary_of("PASS", kpis, [])))
     assert "Verzögerung ≤ 1 %" in cases(suite)
+
+
+def test_device_counter_kpis() -> None:
+    def kpi(counter: str, **limits: float) -> PlannedKpi:
+        return PlannedKpi(
+            name=counter, stream=None, metric=None, device="tetra_fire1", counter=counter,
+            unit="ms", reference="r", max=limits.get("max"), min=limits.get("min"),
+        )  # fmt: skip
+
+    devices = {"tetra_fire1": {"access_ms_max": 2.5, "preempted_tx": 4, "outages": [{"s": 4.5}]}}
+    results = evaluate(
+        [kpi("access_ms_max", max=300), kpi("preempted_tx", min=5), kpi("outages.0.s", max=5),
+         kpi("outages.1.s", max=5), kpi("lost", max=1)],
+        [], None, devices,
+    )  # fmt: skip
+    assert [(r["value"], r["verdict"]) for r in results] == [
+        (2.5, "PASS"), (4.0, "FAIL"), (4.5, "PASS"), (None, "FAIL"), (None, "FAIL")
+    ]  # fmt: skip
+    assert results[3]["note"] == "no such number: devices.tetra_fire1.outages.1.s"
+    (missing,) = evaluate([kpi("access_ms_max", max=1)], [], None, {})
+    assert missing["note"].startswith("the device reported no counters")

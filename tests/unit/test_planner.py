@@ -748,6 +748,18 @@ def test_listed_devices_are_opened_in_coupling_order(shipped_lab: Lab) -> None:
     ]
 
 
+def test_device_kpis_name_an_opened_device(shipped_lab: Lab) -> None:
+    kpi = {"name": "k", "device": "modem_a1", "counter": "outages.0.duration_s", "max": 5}
+    assert plan_problems(profile_of(kpis=[kpi]), shipped_lab) == [
+        "profile: kpis.0.device: device 'modem_a1' is not opened by this profile: drive it from "
+        "the timeline or list it in devices"
+    ]
+    plan = make_plan(profile_of(kpis=[kpi], devices=["modem_a1"]), shipped_lab, fake_catalog)
+    assert (plan.kpis[0].device, plan.kpis[0].counter) == ("modem_a1", "outages.0.duration_s")
+    with pytest.raises(ValueError, match="names both the device and its counter"):
+        profile_of(kpis=[{"name": "k", "device": "modem_a1", "max": 1}])
+
+
 def test_an_action_that_lasts_needs_a_longer_deadline(shipped_lab: Lab) -> None:
     ramp = {"at_s": 1, "device": "atten", "action": "ramp", "args": {"duration_s": 12}}
     assert plan_problems(profile_of(duration_s=20, timeline=[ramp]), shipped_lab) == [
