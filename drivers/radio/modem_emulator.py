@@ -411,8 +411,9 @@ class Emulator:
                     self._was_powered = powered
                 self.modem.set_physics(attenuation, powered, now)
             self.modem.tick(now)
-            self._write(self.modem.take_output(), now)
-            self._publish()
+            outputs = self.modem.take_output()
+            self._publish()  # the state file is never behind what the wire says
+            self._write(outputs, now)
 
     def _write(self, outputs: list[Output], now: float) -> None:
         for out in outputs:

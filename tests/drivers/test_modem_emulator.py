@@ -654,7 +654,8 @@ def test_links_are_blocked_while_the_modem_has_no_data_service(tmp_path: Path) -
             assert home.blocks()[-1] is True
             # a relay that is not there is logged and retried, and the modem carries on
             assert "no.sock: cannot block" in modem.log.read_text()
-            assert modem.state()["stat"] == 5
+            # the relay is told on a thread of its own: the state file may follow a bit later
+            _wait(lambda: modem.state()["stat"] == 5, f"roaming state: {modem.state()}")
     finally:
         for leftover in short.iterdir():
             leftover.unlink()
