@@ -9,12 +9,11 @@ from __future__ import annotations
 import json
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,20 +30,13 @@ from drivers.instrument.attenuator import ScpiAttenuator  # noqa: E402
 from drivers.instrument.generic import GenericScpi  # noqa: E402
 from drivers.instrument.power_supply import ScpiPowerSupply  # noqa: E402
 from drivers.scpi.emulator import InstrumentModel, Reading, ScpiInstrument, Setting  # noqa: E402
+from tests.drivers.support import Processes  # noqa: E402
 
 TIMEOUT_S = 1.0
 
 # --------------------------------------------------------------------------------------------
 # Helpers: a device context that records events and processes, a raw line client
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass
-class Processes:
-    tracked: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
-
-    def track(self, proc: subprocess.Popen[bytes], role: str) -> None:
-        self.tracked.append((proc, role))
 
 
 class Lab:

@@ -10,13 +10,11 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +29,9 @@ from drivers.emulators import state_path  # noqa: E402
 from drivers.errors import DriverError  # noqa: E402
 from drivers.files import write_json_atomic  # noqa: E402
 from drivers.impairment.emulated import link_control_path  # noqa: E402
-from drivers.impairment.relay import Relay  # noqa: E402
 from drivers.radio.at import AtCommandError, AtTimeout  # noqa: E402
 from drivers.radio.modem import AtModem, decode_qeng, is_read_form, parse_registration  # noqa: E402
+from tests.drivers.support import relay_socket  # noqa: E402
 
 WAIT_S = 5.0
 HOME = {
@@ -400,54 +398,16 @@ def test_safe_state_off_and_the_url_setting(lab: Lab, tmp_path: Path) -> None:
     assert proc.poll() is None  # not ours to stop
 
 
-@contextmanager
-def relay_socket(path: Path) -> Iterator[list[dict[str, Any]]]:
-    """The real relay's control handler behind a Unix socket; yields the requests seen."""
-    relay = Relay("a", "b", path)  # never opened: only its control protocol is used
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(4)
-    server.settimeout(0.2)
-    requests: list[dict[str, Any]] = []
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn, conn.makefile("rb") as lines:
-                for line in lines:
-                    requests.append(json.loads(line))
-                    conn.sendall(json.dumps(relay.handle(line)).encode() + b"\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield requests
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()
-        relay.close()
-        path.unlink(missing_ok=True)
-
-
 def test_the_radio_link_is_blocked_while_the_radio_is_off(lab: Lab) -> None:
     lab.context.name_prefix = f"m{os.getpid() % 100000}"
     path = link_control_path(lab.context.name_prefix, "radio_a1")
-    with relay_socket(path) as requests:
+    with relay_socket(path) as relay:
         modem = lab.modem(emu={"link": "radio_a1"})
         modem.open()
-
-        def blocks() -> list[bool]:
-            return [r["on"] for r in requests if r.get("cmd") == "block"]
-
-        until(lambda: blocks() == [True, False], lambda: requests)
-        assert requests[0]["reason"] == "no-service:ue1"
+        until(lambda: relay.blocks() == [True, False], lambda: relay.requests)
+        assert relay.requests[0]["reason"] == "no-service:ue1"
         modem.perform("radio_off", {})
-        until(lambda: blocks() == [True, False, True], lambda: requests)
+        until(lambda: relay.blocks() == [True, False, True], lambda: relay.requests)
         modem.perform("radio_on", {})
-        until(lambda: blocks() == [True, False, True, False], lambda: requests)
+        until(lambda: relay.blocks() == [True, False, True, False], lambda: relay.requests)
         modem.close()

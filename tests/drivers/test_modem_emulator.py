@@ -17,12 +17,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import tty
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +32,8 @@ if str(REPO) not in sys.path:  # in case the package is not installed into the v
     sys.path.insert(0, str(REPO))
 
 from drivers.files import write_json_atomic  # noqa: E402
-from drivers.impairment.relay import Relay  # noqa: E402
 from drivers.radio.modem_state import CESQ_RSRP, CESQ_RSRQ, CSQ_RSSI  # noqa: E402
+from tests.drivers.support import relay_socket  # noqa: E402
 
 WAIT_S = 5.0
 FINALS = ("OK", "ERROR", "NO CARRIER")
@@ -563,50 +562,6 @@ def test_a_bad_configuration_is_refused_with_the_reason(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "plmn must be MCC+MNC digits" in proc.stderr
     assert not (tmp_path / "r.json").exists()
-
-
-@dataclass
-class RelaySocket:
-    """The real relay's request handler behind a Unix socket, recording every request."""
-
-    path: Path
-    requests: list[dict[str, Any]] = field(default_factory=list)
-
-    def blocks(self) -> list[bool]:
-        return [r["on"] for r in self.requests if r.get("cmd") == "block"]
-
-
-@contextmanager
-def relay_socket(path: Path) -> Iterator[RelaySocket]:
-    relay = Relay("a", "b", path)  # never opened: only its control protocol is used
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen(4)
-    server.settimeout(0.2)
-    record = RelaySocket(path)
-    stop = threading.Event()
-
-    def serve() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            with conn, conn.makefile("rb") as lines:
-                for line in lines:
-                    record.requests.append(json.loads(line))
-                    conn.sendall(json.dumps(relay.handle(line)).encode() + b"\n")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield record
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()
-        relay.close()
-        path.unlink(missing_ok=True)
 
 
 def _wait(check: Callable[[], bool], what: str, timeout_s: float = WAIT_S) -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from drivers.impairment.params import ImpairmentParams  # noqa: E402
 from drivers.impairment.scpi import DEFAULT_COMMANDS, ScpiImpairment  # noqa: E402
 from drivers.scpi.client import ScpiCommandError, ScpiIOError, ScpiSession  # noqa: E402
 from drivers.scpi.emulator import NETWORK_EMULATOR, ScpiInstrument  # noqa: E402
+from tests.drivers.support import Processes  # noqa: E402
 
 TIMEOUT_S = 1.0
 
@@ -134,14 +135,6 @@ def client(emulator: Emulator) -> Iterator[LineClient]:
         yield c
     finally:
         c.close()
-
-
-@dataclass
-class Processes:
-    tracked: list[tuple[subprocess.Popen[bytes], str]] = field(default_factory=list)
-
-    def track(self, proc: subprocess.Popen[bytes], role: str) -> None:
-        self.tracked.append((proc, role))
 
 
 def make_context(tmp_path: Path) -> DeviceContext:

@@ -30,19 +30,12 @@ from drivers.radio.at import AtCommandError  # noqa: E402
 from drivers.tetra import tables  # noqa: E402
 from drivers.tetra.emulated_swmi import EmulatedSwmi, read_events  # noqa: E402
 from drivers.tetra.pei import PeiTerminal  # noqa: E402
+from tests.drivers.support import Processes  # noqa: E402
 
 GROUP = 9001
 WAIT_S = 5.0
 SLACK_S = 0.05
 """Tolerance when comparing wall times taken by different processes of this machine."""
-
-
-@dataclass
-class Processes:
-    tracked: list[Any] = field(default_factory=list)
-
-    def track(self, proc: Any, role: str) -> None:
-        self.tracked.append((proc, role))
 
 
 @dataclass
