@@ -45,7 +45,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import errno
 import json
 import os
 import random
@@ -55,7 +54,6 @@ import socket
 import sys
 import threading
 import time
-import tty
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import FrameType
@@ -64,6 +62,7 @@ from typing import Any
 from drivers.errors import DriverError
 from drivers.files import write_json_atomic
 from drivers.impairment.relay import RelayControl
+from drivers.ptyport import PtyEndpoint
 from drivers.radio.modem_state import Modem, ModemConfig, Output
 
 __all__ = ["main"]
@@ -86,59 +85,14 @@ def log(message: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class PtyTransport:
-    """A pseudo-terminal: the emulator holds the master, clients open the slave through the
-    symlink. The emulator keeps a slave descriptor open too, so a client that closes and
-    reopens finds the same terminal and the master never reads EIO."""
-
-    def __init__(self, link: Path) -> None:
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.master)
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.device = os.ttyname(self.slave)
-        self.link = link
-        if link.is_symlink() or link.exists():
-            if not link.is_symlink():
-                raise OSError(errno.EEXIST, f"{link} exists and is not a symlink")
-            link.unlink()
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(self.device, link)
-        self.url = str(link)
-        self.dropped = 0
+class PtyTransport(PtyEndpoint):
+    """A pseudo-terminal served to one driver (:class:`~drivers.ptyport.PtyEndpoint`)."""
 
     def fds(self) -> list[int]:
         return [self.master]
 
-    def read(self, fd: int) -> bytes:
-        try:
-            return os.read(self.master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return b""
-        except OSError as exc:  # EIO: no slave open (cannot happen while we hold one)
-            if exc.errno != errno.EIO:
-                raise
-            return b""
-
-    def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = os.write(self.master, view)
-            except (BlockingIOError, InterruptedError):
-                # nobody reads the terminal and its buffer is full: the bytes are lost, as
-                # they would be on a real UART without flow control
-                self.dropped += len(view)
-                return
-            view = view[sent:]
-
-    def close(self) -> None:
-        with contextlib.suppress(OSError):
-            if os.readlink(self.link) == self.device:
-                self.link.unlink()
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+    def read(self, fd: int | None = None) -> bytes:
+        return super().read()
 
 
 class TcpTransport:

@@ -58,13 +58,13 @@ import re
 import signal
 import sys
 import time
-import tty
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from drivers.files import write_json_atomic
+from drivers.ptyport import PtyEndpoint
 from drivers.tetra import tables
 
 POWER_POLL_S = 0.05
@@ -932,54 +932,28 @@ def _sds_reference(payload: str) -> int:
 
 
 class PtyPort:
-    """Both ends of a pty, raw; ``link`` points at the slave for the driver to open."""
+    """The PEI on a pty (:class:`~drivers.ptyport.PtyEndpoint`), read by the event loop."""
 
     def __init__(self, terminal: Terminal, link: Path) -> None:
         self.terminal = terminal
-        self.link = link
-        self.master, self.slave = os.openpty()
-        tty.setraw(self.master)
-        tty.setraw(self.slave)
-        os.set_blocking(self.master, False)
-        self.device = os.ttyname(self.slave)
-        if link.is_symlink() or link.exists():
-            link.unlink()
-        link.parent.mkdir(parents=True, exist_ok=True)
-        os.symlink(self.device, link)
-        asyncio.get_running_loop().add_reader(self.master, self._readable)
+        self.endpoint = PtyEndpoint(link)
+        self.device = self.endpoint.device
+        asyncio.get_running_loop().add_reader(self.endpoint.master, self._readable)
         terminal.attach_output(self.write)
 
     def _readable(self) -> None:
-        try:
-            data = os.read(self.master, 4096)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            return  # EIO while no slave is open: nothing to read
-        self.terminal.feed(data)
+        data = self.endpoint.read()
+        if data:
+            self.terminal.feed(data)
 
     def write(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                sent = os.write(self.master, view)
-            except (BlockingIOError, InterruptedError):
-                # nobody reads the port: a serial line would lose the bytes too
-                self.terminal.counts["dropped_bytes"] += len(view)
-                return
-            except OSError:
-                return
-            view = view[sent:]
+        # nobody reads the port: a serial line would lose the bytes too
+        self.terminal.counts["dropped_bytes"] += self.endpoint.write(data)
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            asyncio.get_running_loop().remove_reader(self.master)
-        with contextlib.suppress(OSError):
-            if self.link.is_symlink():
-                self.link.unlink()
-        for fd in (self.master, self.slave):
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            asyncio.get_running_loop().remove_reader(self.endpoint.master)
+        self.endpoint.close()
 
 
 class TcpPort:
