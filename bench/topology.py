@@ -39,8 +39,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
+
+from relaylab import raise_interrupt, signals_deferred
 
 from drivers.netns.topology import (
     BRIDGE_MAX_PORTS,
@@ -99,21 +100,6 @@ def node_address(i: int) -> str:
     """Host i+1 of 10.250.0.0/16 (10.250.0.1, ..., 10.250.1.0, ...), so up to 65534 nodes."""
     host = i + 1
     return f"10.250.{host >> 8}.{host & 0xFF}"
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM while tearing down; they are delivered right after."""
-    deferred = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
 
 
 @dataclass
@@ -378,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     import pyroute2  # noqa: F401  # import cost (0.1-0.2 s) stays out of the timings
 
     results: dict[int, tuple[list[Sample], list[Sample]]] = {}

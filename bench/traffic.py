@@ -49,13 +49,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 
 import numpy as np
 import numpy.typing as npt
+from relaylab import progress, raise_interrupt, signals_deferred
 
 from drivers.traffic.amrwb import udp_payload_bytes
 from drivers.traffic.probe import (
@@ -100,25 +100,6 @@ WIRE_PROBE, WIRE_PROBE_REF, WIRE_RTP, WIRE_RTP_REF = 1000, 2000, 3000, 4000
 WIRE_RATE, WIRE_BARE = 100, 99
 
 Array = npt.NDArray[np.int64]
-
-
-def progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def _sigterm(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
-@contextlib.contextmanager
-def signals_deferred() -> Iterator[None]:
-    """Hold back SIGINT/SIGTERM while tearing down; they are delivered right after."""
-    deferred = {signal.SIGINT, signal.SIGTERM}
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, deferred)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 # --- processes, sockets and CPU accounting ----------------------------------------------
@@ -798,7 +779,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.duration_s <= 0 or args.rate_s <= 0:
         parser.error("durations must be positive")
-    signal.signal(signal.SIGTERM, _sigterm)
+    signal.signal(signal.SIGTERM, raise_interrupt)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     lab = Lab(Path(tempfile.mkdtemp(prefix="tb-traffic-bench-")))
     t_start = time.monotonic()
