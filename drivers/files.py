@@ -1,6 +1,9 @@
 """Atomic file writes for driver processes (counters, statistics, ready files): a temporary
 file, fsync, then rename, so a reader never sees half a file and a killed process leaves the
-previous version or nothing. Standard library only: the relay and the MCPTT server import it.
+previous version or nothing. Live state that other processes poll and that is rewritten on
+every change (an emulator's state file) passes ``durable=False``: the rename alone keeps it
+whole for readers, and an fsync per change would slow the device's answers. Standard library
+only: the relay and the MCPTT server import it.
 """
 
 from __future__ import annotations
@@ -8,20 +11,23 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
 __all__ = ["write_json_atomic", "write_text_atomic"]
 
 
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
+def write_text_atomic(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    # per process and thread: writers in several threads never share a temporary file
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -29,5 +35,5 @@ def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
-def write_json_atomic(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n")
+def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, durable: bool = True) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n", durable=durable)

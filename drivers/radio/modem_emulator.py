@@ -405,7 +405,7 @@ class Emulator:
                 log(f"registration: {state['stat']} ({state['stat_name']}) {state['plmn'] or ''}")
             self._last_state = state
             if self.state_out is not None:
-                write_json_atomic(self.state_out, {**state, "pid": os.getpid()})
+                write_json_atomic(self.state_out, {**state, "pid": os.getpid()}, durable=False)
 
     def close(self) -> None:
         self.coupler.stop()

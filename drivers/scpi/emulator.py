@@ -21,14 +21,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import itertools
-import json
 import os
 import re
 import signal
 import socket
 import socketserver
 import sys
-import tempfile
 import threading
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -36,6 +34,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal
+
+from drivers.files import write_json_atomic
 
 Value = float | int | bool | str
 """A setting's value: ``float``/``int`` for numbers, ``bool`` for ON/OFF, ``str`` for choices."""
@@ -684,20 +684,6 @@ class ScpiInstrument:
 # --------------------------------------------------------------------------------------------
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Readers never see a half-written file: write beside it, then rename over it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-            out.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class _Handler(socketserver.StreamRequestHandler):
     server: ScpiServer
 
@@ -752,10 +738,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     state_out: Path | None = args.state_out
+    for path in (state_out, args.ready_file):
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
 
     def on_change(snapshot: dict[str, Any]) -> None:
         if state_out is not None:
-            write_json_atomic(state_out, snapshot)
+            write_json_atomic(state_out, snapshot, durable=False)
 
     instrument = ScpiInstrument(MODELS[args.model], args.serial, on_change)
     signal.signal(signal.SIGTERM, _stop)

@@ -198,7 +198,7 @@ class Swmi:
             "counts": dict(self.counts),
         }
         with contextlib.suppress(OSError):
-            write_json_atomic(self.state_out, state)
+            write_json_atomic(self.state_out, state, durable=False)
 
     def new_conn_id(self) -> int:
         return next(self._conn_ids)

@@ -867,7 +867,7 @@ class Terminal:
             "counts": dict(self.counts),
         }
         with contextlib.suppress(OSError):
-            write_json_atomic(self.args.state_out, state)
+            write_json_atomic(self.args.state_out, state, durable=False)
 
 
 # ---------------------------------------------------------------------------- parsing
