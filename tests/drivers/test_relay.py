@@ -963,9 +963,12 @@ def test_priority_scheduler_protects_voice_from_a_flood(lab: Lab, relay: RelayPr
     for name, rx in (("voice", mix.voice), ("signalling", mix.signalling)):
         assert sorted(a.seq for a in rx.arrivals) == list(range(mix.sent[name])), name
         # 20 ms delay + at most one 8.3 ms flood frame ahead (+ their own), with room for a
-        # busy machine; FIFO puts voice ~110 ms above the delay (a full 20-frame queue).
+        # busy machine; FIFO puts voice ~110 ms above the delay (a full 20-frame queue). The
+        # tail is left alone: a descheduled sender or receiver thread on a 2-core machine adds
+        # tens of ms to a few packets whatever the relay does (bench/ measures the tail).
         owd = rx.owd_ms()
-        assert _percentile(owd, 95) < 20 + 20 and max(owd) < 20 + 50, (name, sorted(owd)[-5:])
+        assert statistics.median(owd) < 20 + 15, (name, statistics.median(owd))
+        assert _percentile(owd, 90) < 20 + 30, (name, sorted(owd)[-20:])
     flood_loss = 1 - len(mix.flood.arrivals) / mix.sent["flood"]
     assert 0.2 < flood_loss < 0.5, flood_loss
     classes = mix.counters["classes"]
