@@ -276,3 +276,27 @@ class PowerSupply(Device):
     @abstractmethod
     def measure(self, channel: int) -> Mapping[str, float]:
         """Read back ``voltage_v`` and ``current_a`` of one output."""
+
+
+class Core(Device):
+    """An LTE/5G core (or a TETRA switching function): subscribers, attached UEs and their
+    bearers, and the lifecycle of its components, which is how faults are injected.
+
+    Timeline arguments: ``provision {subscriber}``, ``remove_subscriber {imsi}``,
+    ``bearer_create {imsi, qci, gbr_kbps, arp}``, ``bearer_delete {imsi, ebi}`` and
+    ``stop | kill | restart | isolate | restore {component}`` (no component: all of them).
+    Each returns details for the event log, with ``wall``: when it acted."""
+
+    kind = "core"
+    actions = frozenset(
+        {"provision", "remove_subscriber", "bearer_create", "bearer_delete", "stop", "kill",
+         "restart", "isolate", "restore"}
+    )  # fmt: skip
+
+    def subscribers(self) -> list[Mapping[str, Any]]:
+        """The subscriber records the core holds, in the lab-file form."""
+        raise DriverError(self.name, "this core does not list its subscribers")
+
+    def ues(self) -> list[Mapping[str, Any]]:
+        """The UEs attached now, with their bearers, as the core reports them."""
+        raise DriverError(self.name, "this core does not list its UEs")

@@ -98,7 +98,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
         )
     print("timeline:")
     for e in plan.timeline:
-        print(f"  {e.at_s:>8.3f} s  {e.device}.{e.action} {json.dumps(e.args)}")
+        fault = "  (fault)" if e.fault else ""
+        print(f"  {e.at_s:>8.3f} s  {e.device}.{e.action} {json.dumps(e.args)}{fault}")
     print(
         "captures: "
         + (", ".join(f"{c.name} ({c.node}:{c.ifname})" for c in plan.captures) or "none")
@@ -110,6 +111,14 @@ def cmd_plan(args: argparse.Namespace) -> int:
         if k.mcptt is not None:
             limit = limit_text(k) if k.max is not None or k.min is not None else "TS 22.179"
             print(f"  {k.name}: mcptt {k.mcptt} p95 {limit} ms")
+        elif k.failover is not None:
+            unit = "packets" if k.failover == "lost_packets" else "ms"
+            subject = k.stream or k.device
+            print(
+                f"  {k.name}: {subject} failover {k.statistic} {k.failover} {limit_text(k)} {unit}"
+            )
+        elif k.counter is not None:
+            print(f"  {k.name}: {k.device} counter {k.counter} {limit_text(k)} {k.unit}")
         else:
             assert k.metric is not None
             print(f"  {k.name}: {k.stream} {k.metric} {limit_text(k)} {unit_of(k.metric)}")
@@ -149,8 +158,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(json.dumps(outcome.summary, indent=2))
     else:
         print_verdict_table(sys.stdout, outcome.summary)
+        _print_failover(outcome.summary)
         print(f"run record: {outcome.run_dir}")
     return VERDICT_EXIT[outcome.verdict]
+
+
+def _print_failover(summary: dict[str, Any]) -> None:
+    """After the verdict table (``testbed.cli_progress``), the failover spread, if any."""
+    from testbed.results.summary import failover_table
+
+    for line in failover_table(summary):
+        print(line)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -198,6 +216,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         print(json.dumps(summary, indent=2))
     else:
         print_verdict_table(sys.stdout, summary)
+        _print_failover(summary)
         print(f"run record: {path}  (status {manifest.get('status')})")
     return EXIT_PASS
 

@@ -105,6 +105,7 @@ SHOWN_DEVICE_EVENTS = frozenset(
         "radio.reboot",
         "radio.lost",
         "tetra.lost",
+        "core.lost",
         "tetra.preempted",
         "attenuator.ramp",
     }

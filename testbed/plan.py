@@ -86,6 +86,7 @@ class PlannedEvent(_PlanModel):
     action: str
     args: dict[str, Any]
     timeout_s: float
+    fault: bool = False
 
 
 class PlannedCapture(_PlanModel):
@@ -111,6 +112,8 @@ class PlannedKpi(_PlanModel):
     device: str | None = None
     counter: str | None = None
     unit: str = ""
+    failover: str | None = None
+    statistic: str = "max"
     max: float | None
     min: float | None
     reference: str
@@ -302,7 +305,12 @@ def make_plan(
                 )
         timeline.append(
             PlannedEvent(
-                at_s=ev.at_s, device=name, action=ev.action, args=ev.args, timeout_s=ev.timeout_s
+                at_s=ev.at_s,
+                device=name,
+                action=ev.action,
+                args=ev.args,
+                timeout_s=ev.timeout_s,
+                fault=ev.fault,
             )
         )
     timeline.sort(key=lambda e: e.at_s)  # stable: equal times keep profile order
@@ -340,6 +348,12 @@ def make_plan(
             problems.add(
                 "profile", ("kpis", i, "stream"), f"no stream {k.stream!r} in this profile"
             )
+        if k.failover is not None and not any(e.fault for e in profile.timeline):
+            problems.add(
+                "profile",
+                ("kpis", i, "failover"),
+                "failover KPIs are measured at fault events: mark one with fault: true",
+            )
         planned = k.model_dump()
         if k.device is not None:
             name, why = _resolve(k.device, lab.devices)
@@ -351,6 +365,13 @@ def make_plan(
                     ("kpis", i, "device"),
                     f"device {name!r} is not opened by this profile: drive it from the "
                     "timeline or list it in devices",
+                )
+            elif k.failover is not None and device_names[name].kind != "radio":
+                problems.add(
+                    "profile",
+                    ("kpis", i, "device"),
+                    f"failover {k.failover} comes from a radio's registration reports; "
+                    f"{name!r} is a {device_names[name].kind}",
                 )
             planned["device"] = name or k.device
         kpis.append(PlannedKpi(**planned))
@@ -564,7 +585,10 @@ def _routes(lab: Lab, segments: list[PlannedSegment]) -> list[PlannedRoute]:
     forwarding = {n.name for n in lab.nodes if n.forwarding}
     neighbours: dict[str, list[tuple[str, str]]] = {n.name: [] for n in lab.nodes}
     attached: dict[str, set[str]] = {n.name: set() for n in lab.nodes}
+    unrouted = {link.name for link in lab.links if not link.static_routes}
     for seg in segments:
+        if seg.link in unrouted:  # programmed at run time (docs/profiles.md): no static route
+            continue
         for p in seg.ports:
             attached[p.node].add(seg.subnet)
             for q in seg.ports:

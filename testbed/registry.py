@@ -27,6 +27,8 @@ BUILTIN: dict[tuple[str, str], str] = {
     ("radio", "at"): "drivers.radio.modem:AtModem",
     ("radio", "pei"): "drivers.tetra.pei:PeiTerminal",
     ("core", "tetra_emulated"): "drivers.tetra.emulated_swmi:EmulatedSwmi",
+    ("core", "open5gs"): "drivers.core.open5gs:Open5gsCore",
+    ("core", "amarisoft"): "drivers.core.amarisoft:AmarisoftCore",
     ("attenuator", "scpi"): "drivers.instrument.attenuator:ScpiAttenuator",
     ("power_supply", "scpi"): "drivers.instrument.power_supply:ScpiPowerSupply",
     ("scpi", "generic"): "drivers.instrument.generic:GenericScpi",

@@ -39,6 +39,7 @@ class EmulatedNetwork(Network):
         self._node_links: dict[str, list[str]] = {}
         self._down: set[str] = set()
         self._impaired: set[str] = set()
+        self._ports: dict[str, list[dict[str, str]]] = {}
 
     def namespace(self, node: str) -> str:
         return f"{self.context.name_prefix}-{node}"
@@ -69,6 +70,10 @@ class EmulatedNetwork(Network):
             if impaired:
                 self._impaired.add(seg["link"])
             self._link_ports[seg["link"]] = [(p["node"], p["ifname"]) for p in seg["ports"]]
+            self._ports[seg["link"]] = [
+                {"node": p["node"], "ifname": p["ifname"], "address": p["address"]}
+                for p in seg["ports"]
+            ]
             for p in seg["ports"]:
                 self._node_links.setdefault(p["node"], []).append(seg["link"])
         routes = tuple(
@@ -97,6 +102,15 @@ class EmulatedNetwork(Network):
                 "ready_s": round(ready_s, 4),
             },
         )
+
+    def port_map(self) -> dict[str, Any]:
+        """Namespaces and every link's ports (node, ifname, address/prefix): what an emulated
+        core needs to program a UE's data path (:mod:`drivers.core.paths`)."""
+        nodes = {node for ports in self._ports.values() for node in (p["node"] for p in ports)}
+        return {
+            "namespaces": {node: self.namespace(node) for node in sorted(nodes)},
+            "links": {link: [dict(p) for p in ports] for link, ports in self._ports.items()},
+        }
 
     def link_namespace(self, link: str) -> str:
         return f"{self.context.name_prefix}-wire-{link}"

@@ -5,7 +5,9 @@ With repetitions, a stream KPI is judged on every repetition and reports the wor
 fails when any repetition misses the limit. An MCPTT KPI is a percentile over every sample of
 the run's captures (all repetitions pooled: that is what makes 59+ samples for a p95 claim),
 judged against the profile's limit or, when the profile gives none, the TS 22.179 limit the
-analysis reports. A metric without samples cannot meet a limit and fails, saying why.
+analysis reports. A failover KPI reduces one figure (interruption, lost packets, detection,
+re-attach) over every fault of every repetition by its statistic (max by default: the worst
+event must meet the limit). A metric without samples cannot meet a limit and fails, saying why.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from testbed.analysis import failover as fo
 from testbed.plan import PlannedKpi
 
 _COUNTS = {"received", "sent", "reordered", "duplicates"}
@@ -56,9 +59,13 @@ def evaluate(
     streams: Sequence[Mapping[str, Any]],
     mcptt: Mapping[str, Any] | None = None,
     devices: Mapping[str, Any] | None = None,
+    failover: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     out = []
     for kpi in kpis:
+        if kpi.failover is not None:
+            out.append(_evaluate_failover(kpi, failover))
+            continue
         if kpi.mcptt is not None:
             out.append(_evaluate_mcptt(kpi, (mcptt or {}).get("kpis", {}).get(kpi.mcptt)))
             continue
@@ -170,4 +177,48 @@ def _evaluate_mcptt(kpi: PlannedKpi, measured: Mapping[str, Any] | None) -> dict
                 f"{result['samples']} samples are too few to claim the percentile "
                 f"(need {measured.get('min_samples', 59)})"
             )
+    return result
+
+
+def _evaluate_failover(kpi: PlannedKpi, block: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A statistic of one failover figure over all faults and repetitions. A stream that never
+    recovered (or a radio that never re-attached) fails the KPI whatever the other samples:
+    its interruption has no end, so no limit is met."""
+    figure = kpi.failover
+    assert figure is not None
+    subject = "stream" if figure in fo.STREAM_FIGURES else "radio"
+    name = kpi.stream if subject == "stream" else kpi.device
+    assert name is not None  # the model guarantees it
+    values, unfinished = fo.samples(block, figure, subject, name)
+    result: dict[str, Any] = {
+        "name": kpi.name,
+        "failover": figure,
+        subject if subject == "stream" else "device": name,
+        "metric": f"{kpi.statistic} of {figure}",
+        "statistic": kpi.statistic,
+        "unit": "packets" if figure == "lost_packets" else "ms",
+        "limit": limit_text(kpi),
+        "min": kpi.min,
+        "max": kpi.max,
+        "samples": len(values),
+        "reference": kpi.reference or fo.REFERENCE,
+        "definition": fo.DEFINITIONS[figure],
+    }
+    if figure != "lost_packets" and unfinished:
+        value = fo.statistic(values, kpi.statistic) if values else None
+        result.update(value=value, verdict="FAIL", note="; ".join(unfinished))
+    elif not values:
+        why = (
+            "no fault event in the run"
+            if not (block or {}).get("faults")
+            else "the stream was not running at any fault"
+            if subject == "stream"
+            else "the radio never lost registration after a fault"
+            if figure == "detection_ms"
+            else "the radio never lost and regained registration after a fault"
+        )
+        result.update(value=None, verdict="FAIL", note=f"no samples: {why}")
+    else:
+        value = round(fo.statistic(values, kpi.statistic), 4)
+        result.update(value=value, verdict="PASS" if _within(kpi, value) else "FAIL")
     return result

@@ -63,6 +63,12 @@ class Link(StrictModel):
     subnet: str | None = Field(default=None, description="IPv4 subnet; allocated when absent.")
     impaired_by: Name | None = Field(default=None, description="Impairment device on this link.")
     mtu_bytes: int = Field(default=1500, ge=576, le=9000)
+    static_routes: bool = Field(
+        default=True,
+        description="false: static routes never cross this link; it carries traffic only when "
+        "something programs it at run time (a radio link a UE uses while roaming, routed by the "
+        "core that attaches it).",
+    )
 
     @field_validator("endpoints", mode="before")
     @classmethod

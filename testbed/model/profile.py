@@ -250,7 +250,18 @@ class TimelineEvent(StrictModel):
     action: Name
     args: dict[str, Any] = Field(default_factory=dict)
     timeout_s: float = Field(default=10.0, gt=0, le=3600, description="Deadline of the action.")
+    fault: bool = Field(
+        default=False,
+        description="A fault (a core kill, a link cut, a cell switched off): summary.json "
+        "failover measures every stream's interruption and every radio's detection and "
+        "re-attach from this event's actual wall-clock time; recoveries stay unmarked.",
+    )
 
+
+FailoverFigure = Literal["interruption_ms", "lost_packets", "detection_ms", "reattach_ms"]
+"""Failover figures (summary.json ``failover``): per stream, or per radio device."""
+FAILOVER_STREAM_FIGURES = ("interruption_ms", "lost_packets")
+Statistic = Literal["max", "p50", "mean", "p95", "min"]
 
 McpttKpi = Literal["kpi1", "kpi2", "kpi3", "kpi4", "preemption_revoke", "preemption_grant"]
 """MCPTT KPIs measured from the captures (docs/mcptt.md): TS 22.179 KPI 1-4 and pre-emption."""
@@ -260,10 +271,11 @@ MCPTT_KPIS_WITHOUT_LIMIT = ("preemption_revoke", "preemption_grant")
 
 class Kpi(StrictModel):
     """A limit on a stream metric (``stream`` and ``metric``), on an MCPTT KPI measured from
-    the captures (``mcptt``) or on a number a device counted (``device`` and ``counter``, e.g.
-    a TETRA terminal's access times or pre-emptions, a modem's outage). ``max`` and/or ``min``
-    bound the value (inclusive); an MCPTT KPI of TS 22.179 (kpi1-kpi4) without them is judged
-    against the TS 22.179 limit."""
+    the captures (``mcptt``), on a number a device counted (``device`` and ``counter``, e.g.
+    a TETRA terminal's access times or pre-emptions, a modem's outage) or on a failover figure
+    over every fault of every repetition (``failover`` with ``stream`` or a radio ``device``,
+    reduced by ``statistic``). ``max`` and/or ``min`` bound the value (inclusive); an MCPTT KPI
+    of TS 22.179 (kpi1-kpi4) without them is judged against the TS 22.179 limit."""
 
     name: str = Field(min_length=1, max_length=120)
     stream: Name | None = None
@@ -282,12 +294,25 @@ class Kpi(StrictModel):
         "(TETRA) or outages.0.duration_s (modem).",
     )
     unit: str = Field(default="", max_length=20, description="Unit of a device counter.")
+    failover: FailoverFigure | None = Field(
+        default=None,
+        description="A failover figure at the timeline's fault events: interruption_ms and "
+        "lost_packets of a `stream`, detection_ms and reattach_ms of a radio `device`.",
+    )
+    statistic: Statistic = Field(
+        default="max",
+        description="failover: the statistic over all samples (every fault, every repetition).",
+    )
     max: float | None = None
     min: float | None = None
     reference: str = Field(default="", description="Where the definition and limit come from.")
 
     @model_validator(mode="after")
     def _has_subject_and_limit(self) -> Kpi:
+        if "statistic" in self.model_fields_set and self.failover is None:
+            raise ValueError("statistic is for failover KPIs: remove it")
+        if self.failover is not None:
+            return self._failover_subject()
         if (self.device is None) != (self.counter is None):
             raise ValueError("a device KPI names both the device and its counter")
         if self.device is not None:
@@ -304,6 +329,22 @@ class Kpi(StrictModel):
             return self
         if self.stream is None or self.metric is None:
             raise ValueError("a KPI judges a stream metric (stream and metric) or an mcptt KPI")
+        if self.max is None and self.min is None:
+            raise ValueError("a KPI needs a limit: max, min or both")
+        return self
+
+    def _failover_subject(self) -> Kpi:
+        figure = self.failover
+        others = [f for f in ("metric", "mcptt", "counter") if getattr(self, f) is not None]
+        if others:
+            raise ValueError(f"a failover KPI has no {' or '.join(others)}: remove it")
+        if figure in FAILOVER_STREAM_FIGURES:
+            if self.stream is None or self.device is not None:
+                raise ValueError(
+                    f"failover {figure} is measured on a stream: give stream, not device"
+                )
+        elif self.device is None or self.stream is not None:
+            raise ValueError(f"failover {figure} is measured on a radio: give device, not stream")
         if self.max is None and self.min is None:
             raise ValueError("a KPI needs a limit: max, min or both")
         return self

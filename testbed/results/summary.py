@@ -48,6 +48,39 @@ def sweep_table(
     return rows
 
 
+def failover_table(summary: Mapping[str, Any]) -> list[str]:
+    """Lines of the verdict table for the ``failover`` block: per fault of the timeline, each
+    stream's and radio's figures over the repetitions (n, min, p50, mean, p95, max, stdev)."""
+    block = summary.get("failover")
+    if not isinstance(block, Mapping) or not block.get("spread"):
+        return []
+    rows = block["spread"]
+    lines = [
+        f"  FAILOVER ({len(block.get('faults', []))} fault events; "
+        f"interruption threshold {block.get('threshold', '?')})",
+        f"  {'EVENT':<26} {'STREAM/RADIO':<16} {'FIGURE':<16} {'N':>3} {'MIN':>9} {'P50':>9} "
+        f"{'MEAN':>9} {'P95':>9} {'MAX':>9} {'STDEV':>8}  NOTE",
+    ]
+    for row in rows:
+        subject = row.get("stream") or row.get("radio") or "?"
+        statuses = row.get("statuses") or {}
+        note = []
+        if row.get("not_recovered"):
+            note.append(f"{row['not_recovered']} not recovered")
+        if row.get("n", 0) == 0 or len(statuses) > 1:
+            note += [f"{k.replace('_', ' ')} x{v}" for k, v in sorted(statuses.items())]
+        lines.append(
+            f"  {row.get('event')!s:<26} {subject:<16} {row['figure']:<16} {row['n']:>3} "
+            + " ".join(f"{_fmt(row.get(k)):>9}" for k in ("min", "p50", "mean", "p95", "max"))
+            + f" {_fmt(row.get('stdev')):>8}  {', '.join(note)}"
+        )
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return "-" if not isinstance(value, int | float) else f"{value:.1f}"
+
+
 def junit_xml(summary: Mapping[str, Any]) -> str:
     """One test case per KPI, plus one for the run itself (errors, aborts)."""
     kpis = summary.get("kpis", [])

@@ -79,6 +79,10 @@ class DeviceEvent(Event):
 
 @dataclass(frozen=True)
 class ActionExecuted(Event):
+    """``wall`` is when the event was logged (after the action); ``started_wall`` is when the
+    action really took effect: the driver's ``details["wall"]`` when it reports one, else the
+    wall time just before ``perform`` was called. Faults are measured from ``started_wall``."""
+
     type: ClassVar[str] = "action.executed"
     device: str
     action: str
@@ -88,6 +92,8 @@ class ActionExecuted(Event):
     duration_ms: float
     error: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    started_wall: float | None = None
+    fault: bool = False
 
 
 @dataclass(frozen=True)

@@ -37,6 +37,7 @@ from drivers.base import (
     TrafficSource,
 )
 from drivers.netns import destroy
+from testbed.analysis import failover
 from testbed.analysis.kpis import evaluate
 from testbed.analysis.passive import analyze_captures
 from testbed.analysis.streams import stream_metrics
@@ -90,6 +91,10 @@ class _RunData:
     errors: list[str] = field(default_factory=list)
     aborted: bool = False
     mcptt: dict[str, Any] | None = None
+    rep_ends: dict[tuple[int, int], float] = field(default_factory=dict)
+    """(point, repetition) -> wall-clock end of its measurement (the last fault window's end)."""
+    stream_failover: dict[tuple[int, int, int], dict[str, Any]] = field(default_factory=dict)
+    """(point, repetition, timeline index of a fault) -> {stream id: its failover result}."""
 
 
 def new_run_id(profile: str) -> str:
@@ -127,6 +132,7 @@ class Runner:
         self._heartbeat_stop = threading.Event()
         self._traffic_running: TrafficSource | None = None
         self._faults: list[str] = []
+        self._registrations: list[tuple[str, str, dict[str, Any]]] = []
 
     # events --------------------------------------------------------------------------
 
@@ -144,6 +150,8 @@ class Runner:
 
     def _device_emitter(self, device: str) -> Callable[[str, Mapping[str, Any]], None]:
         def emit(name: str, fields: Mapping[str, Any]) -> None:
+            if name in ("radio.registration", "radio.operator"):  # for the failover block
+                self._registrations.append((device, name, dict(fields)))
             self._emit(ev.DeviceEvent, device=device, name=name, fields=dict(fields))
 
         return emit
@@ -280,7 +288,9 @@ class Runner:
                         try:
                             running.safe_state()  # stop sending now, not at the end
                             results = running.stop()
+                            data.rep_ends.setdefault(current, time.time())
                             data.streams += self._metrics(results, *current, partial=True)
+                            self._stream_failover(results, *current, data)
                         except Exception as exc:
                             data.errors.append(f"collecting partial traffic results: {exc}")
                     self._teardown(data, record)
@@ -392,13 +402,15 @@ class Runner:
             self._traffic_running = traffic
             traffic.start(self._stream_specs(), start_ns, label)
             t_rep += START_DELAY_S
-        self._run_timeline(rep, t_rep, data)
+        self._run_timeline(rep, t_rep, data, point.index)
         self._sleep_until(t_rep + self.plan.duration_s)
         self._check_faults()
+        data.rep_ends[(point.index, rep)] = time.time()
         if self._traffic_running is not None:
             results = self._traffic_running.stop()
             self._traffic_running = None
             data.streams += self._metrics(results, point.index, rep)
+            self._stream_failover(results, point.index, rep, data)
 
     def _apply_impairments(self, point: PlannedPoint) -> None:
         """Every repetition starts from the profile's conditions, whatever the timeline did."""
@@ -440,15 +452,16 @@ class Runner:
                 return
             time.sleep(min(left, 0.05))
 
-    def _run_timeline(self, rep: int, t_rep: float, data: _RunData) -> None:
-        for event in self.plan.timeline:
+    def _run_timeline(self, rep: int, t_rep: float, data: _RunData, point: int = 0) -> None:
+        for index, event in enumerate(self.plan.timeline):
             self._sleep_until(t_rep + event.at_s)
             device = self._device(event.device)
             started = time.monotonic()
-            outcome: dict[str, Any] = {}
+            outcome: dict[str, Any] = {"started_wall": time.time()}
 
             def act(dev: Device = device, e: Any = event, out: dict[str, Any] = outcome) -> None:
                 try:
+                    out["started_wall"] = time.time()
                     out["details"] = dict(dev.perform(e.action, e.args))
                 except Exception as exc:
                     out["error"] = str(exc)
@@ -461,6 +474,13 @@ class Runner:
             took_ms = (time.monotonic() - started) * 1000
             error = outcome.get("error")
             at_s = round(started - t_rep, 6)
+            details = outcome.get("details", {})
+            reported = details.get("wall")
+            wall = (
+                float(reported)
+                if isinstance(reported, int | float) and not isinstance(reported, bool)
+                else float(outcome["started_wall"])
+            )
             self._emit(
                 ev.ActionExecuted,
                 device=event.device,
@@ -470,21 +490,27 @@ class Runner:
                 ok=error is None,
                 duration_ms=round(took_ms, 3),
                 error=error,
-                details=outcome.get("details", {}),
+                details=details,
+                started_wall=wall,
+                fault=event.fault,
             )
-            data.actions.append(
-                {
-                    "t_s": at_s,
-                    "planned_at_s": event.at_s,
-                    "repetition": rep,
-                    "device": event.device,
-                    "action": event.action,
-                    "args": event.args,
-                    "ok": error is None,
-                    "error": error,
-                    "duration_ms": round(took_ms, 3),
-                }
-            )
+            action = {
+                "t_s": at_s,
+                "planned_at_s": event.at_s,
+                "repetition": rep,
+                "index": index,
+                "device": event.device,
+                "action": event.action,
+                "args": event.args,
+                "ok": error is None,
+                "error": error,
+                "duration_ms": round(took_ms, 3),
+                "wall": round(wall, 6),
+                "fault": event.fault,
+            }
+            if len(self.plan.points) > 1:
+                action["point"] = point
+            data.actions.append(action)
             if error is not None:
                 raise RunError(
                     f"{event.device}: {event.action} at {event.at_s:g} s failed: {error}"
@@ -517,6 +543,58 @@ class Runner:
             entry["notes"] = notes
             entries.append(entry)
         return entries
+
+    def _stream_failover(
+        self, results: Sequence[StreamResult], point: int, rep: int, data: _RunData
+    ) -> None:
+        """Per-stream failover of this repetition's faults, while the packets are at hand (the
+        run record keeps the per-stream metrics, not every packet)."""
+        mine = [a for a in data.actions if a["repetition"] == rep and a.get("point", 0) == point]
+        faults = failover.fault_windows(mine, data.rep_ends)
+        if not faults:
+            return
+        rates = {s.id: s.rate_pps for s in self.plan.streams}
+        for f in faults:
+            per_stream = data.stream_failover.setdefault((point, rep, f["index"]), {})
+            for res in results:
+                try:
+                    per_stream[res.id] = failover.stream_failover(
+                        res.seq,
+                        res.tx_ns,
+                        res.rx_ns,
+                        fault_wall=f["wall"],
+                        window_end_wall=f["window_end_wall"],
+                        interval_ms=1000.0 / rates.get(res.id, 50.0),
+                        sent=res.sent,
+                        sent_window_ns=res.sent_window_ns,
+                    )
+                except AnalysisError as exc:
+                    data.errors.append(f"failover analysis of stream {res.id}: {exc}")
+
+    def _failover_block(self, data: _RunData) -> dict[str, Any] | None:
+        """Streams (measured per repetition) and radios (from their registration reports)
+        at every fault; ``None`` when the timeline marks no fault."""
+        faults = failover.fault_windows(data.actions, data.rep_ends)
+        if not faults:
+            return None
+        regs: dict[str, list[dict[str, Any]]] = {}
+        ops: dict[str, list[dict[str, Any]]] = {}
+        for device, name, fields in self._registrations:
+            (regs if name == "radio.registration" else ops).setdefault(device, []).append(fields)
+        radios: dict[tuple[int, int, int], dict[str, Any]] = {}
+        for f in faults:
+            horizon = data.rep_ends.get((f["point"], f["repetition"]), float("inf"))
+            radios[(f["point"], f["repetition"], f["index"])] = {
+                device: failover.radio_failover(
+                    reports,
+                    ops.get(device, []),
+                    fault_wall=f["wall"],
+                    window_end_wall=f["window_end_wall"],
+                    horizon_wall=horizon,
+                )
+                for device, reports in sorted(regs.items())
+            }
+        return failover.summarise(faults, data.stream_failover, radios, len(self.plan.points))
 
     def _teardown(self, data: _RunData, record: RunRecord) -> None:
         for opened in reversed(self._opened):
@@ -552,11 +630,17 @@ class Runner:
     def _finish(
         self, record: RunRecord, index: Index, data: _RunData, started_at: float
     ) -> dict[str, Any]:
+        try:
+            failover_block = self._failover_block(data)
+        except Exception as exc:  # a crash here must not lose the rest of the record
+            data.errors.append(f"failover analysis failed: {exc!r}")
+            failover_block = None
         kpis = evaluate(
             self.plan.kpis,
             [s for s in data.streams if s.get("repetition")],
             data.mcptt,
             data.counters,
+            failover_block,
         )
         verdict = overall_verdict(data.aborted, data.errors, kpis)
         ended_at = time.time()
@@ -578,6 +662,8 @@ class Runner:
         }
         if data.mcptt is not None:
             summary["mcptt"] = data.mcptt
+        if failover_block is not None:
+            summary["failover"] = failover_block
         if len(self.plan.points) > 1:
             summary["sweep"] = sweep_table(self.plan.points, data.streams)
         self._emit(ev.RunFinished, verdict=verdict, errors=list(data.errors))

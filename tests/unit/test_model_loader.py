@@ -93,12 +93,24 @@ def test_shipped_lab_loads() -> None:
     assert lab.name == "emulated-cross-border"
     assert lab.schema_version == 1
     names = [n.name for n in lab.nodes]
-    assert len(names) == len(set(names)) == 10
+    assert len(names) == len(set(names)) == 11
     assert {"ue_a1", "ue_b1", "ran_a", "core_b", "mcptt_as", "ops_centre"} <= set(names)
-    assert {n.name for n in lab.nodes if n.forwarding} == {"ran_a", "ran_b", "core_a", "core_b"}
+    assert {n.name for n in lab.nodes if n.forwarding} == {
+        "ran_a",
+        "ran_b",
+        "core_a",
+        "core_a_sb",
+        "core_b",
+    }
     backbone = next(x for x in lab.links if x.name == "backbone")
     assert backbone.subnet == "10.200.0.0/24"
-    assert [e.node for e in backbone.endpoints] == ["core_a", "core_b", "mcptt_as", "ops_centre"]
+    assert [e.node for e in backbone.endpoints] == [
+        "core_a",
+        "core_b",
+        "mcptt_as",
+        "ops_centre",
+        "core_a_sb",
+    ]
     assert {(d.name, d.kind, d.driver) for d in lab.devices} == {
         ("net", "network", "emulated"),
         ("traffic", "traffic", "emulated"),
@@ -109,6 +121,9 @@ def test_shipped_lab_loads() -> None:
         ("psu", "power_supply", "scpi"),
         *((f"modem_{ue}", "radio", "at") for ue in ("a1", "a2", "b1", "b2")),
         ("swmi", "core", "tetra_emulated"),
+        ("core_a", "core", "open5gs"),
+        ("core_a_sb", "core", "open5gs"),
+        ("core_b", "core", "amarisoft"),
         *((f"tetra_{t}", "radio", "pei") for t in ("dispatch", "fire1", "fire2")),
     }
     assert {x.name for x in lab.links if x.impaired_by == "radio_channel"} == {
@@ -116,7 +131,10 @@ def test_shipped_lab_loads() -> None:
         "radio_a2",
         "radio_b1",
         "radio_b2",
+        "radio_a1_b",
+        "radio_a2_b",
     }
+    assert {x.name for x in lab.links if not x.static_routes} == {"radio_a1_b", "radio_a2_b"}
     assert source.path == SHIPPED_LAB
     # the source remembers where things are: the backbone link is on its own line
     text = SHIPPED_LAB.read_text(encoding="utf-8")

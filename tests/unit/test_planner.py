@@ -34,6 +34,8 @@ FAKE_DRIVERS: dict[tuple[str, str], frozenset[str]] = {
     ("radio", "at"): frozenset({"radio_off", "radio_on"}),
     ("radio", "pei"): frozenset({"ptt_press", "ptt_release"}),
     ("core", "tetra_emulated"): frozenset(),
+    ("core", "open5gs"): frozenset({"kill", "restart", "bearer_create"}),
+    ("core", "amarisoft"): frozenset({"kill", "cell_gain"}),
     ("attenuator", "scpi"): frozenset({"set", "ramp"}),
     ("power_supply", "scpi"): frozenset({"output", "set"}),
 }
@@ -135,6 +137,7 @@ def test_shipped_plan_summary(shipped_plan: Plan) -> None:
     assert shipped_plan.repetitions == 1
     assert [s.link for s in shipped_plan.segments] == [
         "radio_a1", "radio_a2", "radio_b1", "radio_b2", "backhaul_a", "backhaul_b", "backbone",
+        "backhaul_a_sb", "radio_a1_b", "radio_a2_b",
     ]  # fmt: skip
     assert {d.name: d.lease_key for d in shipped_plan.devices}["net"] == "emulated-cross-border/net"
     assert [c.name for c in shipped_plan.captures] == ["ue_a1_radio", "as_backbone"]
@@ -154,18 +157,19 @@ def test_shipped_addresses_are_unique_and_inside_their_subnets(shipped_plan: Pla
             assert iface.network == subnet, (seg.link, port)
             assert iface.ip not in (subnet.network_address, subnet.broadcast_address)
             seen.append(iface.ip)
-    assert len(seen) == len(set(seen)) == 16  # 6 point-to-point links + 4 on the backbone
+    assert len(seen) == len(set(seen)) == 23  # 9 point-to-point links + 5 on the backbone
     for i, a in enumerate(subnets):
         for b in subnets[i + 1 :]:
             assert not a.overlaps(b), (a, b)
     pool = ipaddress.IPv4Network("10.201.0.0/16")
     backbone = next(s for s in shipped_plan.segments if s.link == "backbone")
-    assert backbone.subnet == "10.200.0.0/24"  # the lab's own subnet is kept
-    assert all(
-        ipaddress.IPv4Network(s.subnet).subnet_of(pool)
-        for s in shipped_plan.segments
-        if s.link != "backbone"
-    )
+    assert backbone.subnet == "10.200.0.0/24"  # the lab's own subnets are kept
+    home_radio = {"radio_a1", "radio_a2", "radio_b1", "radio_b2"}
+    ue_addresses = ipaddress.IPv4Network("10.45.0.0/16")
+    for seg in shipped_plan.segments:
+        if seg.link != "backbone":
+            expected = ue_addresses if seg.link in home_radio else pool
+            assert ipaddress.IPv4Network(seg.subnet).subnet_of(expected), seg.link
 
 
 def test_shipped_interface_names_are_unique_per_node(shipped_plan: Plan) -> None:
@@ -175,7 +179,7 @@ def test_shipped_interface_names_are_unique_per_node(shipped_plan: Plan) -> None
             per_node.setdefault(port.node, []).append(port.ifname)
     for node, names in per_node.items():
         assert len(names) == len(set(names)), (node, names)
-    assert sorted(per_node["ran_a"]) == ["eth0", "eth1", "eth2"]
+    assert sorted(per_node["ran_a"]) == ["eth0", "eth1", "eth2", "eth3"]
 
 
 def test_shipped_node_address_is_one_of_its_ports(shipped_plan: Plan) -> None:
@@ -187,7 +191,10 @@ def test_shipped_node_address_is_one_of_its_ports(shipped_plan: Plan) -> None:
 def test_every_ue_routes_to_every_other_subnet_via_its_ran(
     shipped_plan: Plan, shipped_lab: Lab
 ) -> None:
-    all_subnets = {ipaddress.IPv4Network(s.subnet) for s in shipped_plan.segments}
+    unrouted = {link.name for link in shipped_lab.links if not link.static_routes}
+    all_subnets = {
+        ipaddress.IPv4Network(s.subnet) for s in shipped_plan.segments if s.link not in unrouted
+    }
     forwarding = {n.name for n in shipped_lab.nodes if n.forwarding}
     ues = [n.name for n in shipped_lab.nodes if "ue" in n.roles]
     assert len(ues) == 4
@@ -196,7 +203,7 @@ def test_every_ue_routes_to_every_other_subnet_via_its_ran(
         routes = [r for r in shipped_plan.routes if r.node == ue]
         destinations = [ipaddress.IPv4Network(r.destination) for r in routes]
         assert len(destinations) == len(set(destinations)), ue
-        assert set(destinations) == all_subnets - mine, ue
+        assert set(destinations) == all_subnets - mine, ue  # roaming links only when programmed
         for route in routes:
             via = ipaddress.IPv4Address(route.via)
             assert any(via in net for net in mine), (ue, route)

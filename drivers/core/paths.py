@@ -1,0 +1,132 @@
+"""Where a UE's packets go once a core has attached it: routes that make the data path follow the
+UE through its serving cell (RAN node) and serving core.
+
+The emulated lab's static routes send a UE's address through its home cell and the nearest
+core. When a UE attaches somewhere else (a standby core after a failover, the other country's
+network after roaming), the serving core programs the path, as an MME does when it tells the
+eNB and the gateways where the bearer now runs:
+
+* in the UE's node: everything leaves through the serving cell's link (table
+  :data:`UE_TABLE`, with the UE's own address as source, which it keeps: the subscriber's static
+  IP, valid in both networks through the EUCCS interconnect);
+* in the RAN node: the UE's address is reached on the UE's link, and what comes from it goes
+  to the serving core (a source rule to a table per core);
+* in the serving core: the UE's address is reached through the RAN;
+* in every node that shares another link with the serving core (the backbone: the MCPTT
+  server, the operations centre, the other cores): the UE's address is reached through it.
+
+Routes are host routes (/32) and rules keyed on the UE's address, replaced on every attach, so
+the latest attach wins and nothing needs undoing; the namespaces go with the run.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+UE_TABLE = 200
+UE_RULE_PRIORITY = 200
+RAN_TABLE_BASE = 300
+RAN_RULE_PRIORITY = 300
+
+
+@dataclass(frozen=True)
+class Port:
+    node: str
+    ifname: str
+    address: str  # with prefix length, e.g. 10.201.0.1/30
+
+    @property
+    def ip(self) -> str:
+        return self.address.split("/")[0]
+
+
+class PathError(Exception):
+    """The topology has no path for this attach (no link between the UE and the cell, or
+    between the cell and the core)."""
+
+
+class Topology:
+    """The lab's links as the network driver built them: ``namespaces`` {node: namespace} and
+    ``links`` {link: [{node, ifname, address}, ...]}."""
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        self.namespaces: dict[str, str] = dict(data["namespaces"])
+        self.links: dict[str, list[Port]] = {
+            name: [Port(str(p["node"]), str(p["ifname"]), str(p["address"])) for p in ports]
+            for name, ports in dict(data["links"]).items()
+        }
+
+    def link_between(self, a: str, b: str) -> tuple[Port, Port]:
+        """The ports of the point-to-point link joining nodes ``a`` and ``b``."""
+        for ports in self.links.values():
+            if len(ports) == 2 and {p.node for p in ports} == {a, b}:
+                first, second = ports
+                return (first, second) if first.node == a else (second, first)
+        raise PathError(f"no link between {a!r} and {b!r}")
+
+    def ports_of(self, node: str) -> list[tuple[str, Port]]:
+        return [(name, p) for name, ports in self.links.items() for p in ports if p.node == node]
+
+    def table_of(self, core: str) -> int:
+        return RAN_TABLE_BASE + sorted(self.namespaces).index(core)
+
+
+def path_commands(
+    topo: Topology, *, ue_node: str, ran: str, core: str, address: str
+) -> dict[str, list[str]]:
+    """``ip -batch`` lines per namespace that route ``address`` via ``ran`` and ``core``."""
+    ue_port, ran_ue_port = topo.link_between(ue_node, ran)
+    ran_core_port, core_ran_port = topo.link_between(ran, core)
+    host = f"{address}/32"
+    ns = topo.namespaces
+    out: dict[str, list[str]] = {}
+    out[ns[ue_node]] = [
+        f"route replace default via {ran_ue_port.ip} dev {ue_port.ifname} src {address} "
+        f"table {UE_TABLE}",
+        f"rule del priority {UE_RULE_PRIORITY}",
+        f"rule add priority {UE_RULE_PRIORITY} lookup {UE_TABLE}",
+    ]
+    table = topo.table_of(core)
+    ran_lines = [
+        f"route replace default via {core_ran_port.ip} dev {ran_core_port.ifname} table {table}",
+        f"rule del from {host} priority {RAN_RULE_PRIORITY}",
+        f"rule add from {host} lookup {table} priority {RAN_RULE_PRIORITY}",
+    ]
+    if ipaddress.ip_address(address) not in ipaddress.ip_interface(ran_ue_port.address).network:
+        ran_lines.insert(0, f"route replace {host} dev {ran_ue_port.ifname}")
+    out[ns[ran]] = ran_lines
+    out[ns[core]] = [f"route replace {host} via {ran_core_port.ip} dev {core_ran_port.ifname}"]
+    for link, mine in topo.ports_of(core):
+        for peer in topo.links[link]:
+            if peer.node in (core, ran, ue_node):
+                continue
+            out.setdefault(ns[peer.node], []).append(
+                f"route replace {host} via {mine.ip} dev {peer.ifname}"
+            )
+    return out
+
+
+def apply(commands: Mapping[str, Sequence[str]]) -> list[str]:
+    """Run each namespace's lines with ``ip -force -batch`` (a ``rule del`` of a rule that is
+    not there is expected to fail); returns the error lines that matter."""
+    errors = []
+    for namespace, lines in commands.items():
+        done = subprocess.run(
+            ["ip", "-n", namespace, "-force", "-batch", "-"],
+            input="\n".join(lines) + "\n",
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        for line in done.stderr.splitlines():
+            if (
+                line.strip()
+                and "No such file or directory" not in line
+                and "Command failed" not in line
+            ):
+                errors.append(f"{namespace}: {line.strip()}")
+    return errors
