@@ -24,7 +24,11 @@ modem has no data service), ``imsi``, ``home_plmn``, ``networks`` (as the emulat
 min_voltage_v}`` (the SCPI emulators whose state files it follows), ``attach_s``, ``boot_s``,
 ``min_rsrp_dbm``, ``hysteresis_db``, ``qci``, ``pin`` and ``puk`` (of the emulated SIM),
 ``identity``, ``apn``, ``pdn_address``, and for tests ``interleave_urcs``, ``garble_every``,
-``seed``.
+``seed``. With emulated cores (a network's ``cores``: core device names of the lab, primary
+first, or attach socket paths, and ``ran``: its RAN node; ``attenuated: false`` for a cell the
+attenuator does not weaken): ``k`` and ``opc`` (the USIM's keys), ``core_detection_s``,
+``echo_interval_s``; ``node`` is then also sent to the core as the UE node. Only the cores this
+run opened are used; a network none of whose cores is open behaves as without a core.
 
 Timeline actions: ``radio_off`` (AT+CFUN=4), ``radio_on`` (AT+CFUN=1), ``select_plmn``
 (``plmn``: MCC+MNC or ``auto``), ``pdn_activate``, ``pdn_deactivate``, ``read_signal``.
@@ -32,13 +36,16 @@ Timeline actions: ``radio_off`` (AT+CFUN=4), ``radio_on`` (AT+CFUN=1), ``select_
 Events: ``radio.identity``, ``radio.registration`` (EPS, from +CEREG: stat, stat_name, tac, ci,
 act, source ``urc``/``query``/``reboot``, wall), ``radio.cs_registration`` (+CREG),
 ``radio.operator`` (plmn after each registration change), ``radio.signal`` (rsrp_dbm, rsrq_db,
-rssi_dbm, csq, sinr_db with ``quectel``), ``radio.pdn``, ``radio.cgev``, ``radio.function``,
+rssi_dbm, csq, sinr_db with ``quectel``), ``radio.pdn``, ``radio.cgev``, ``radio.bearer``
+(a dedicated bearer from ``+CGEV: NW|ME ACT|DEACT <p_cid>,<cid>,<event_type>``: what
+activated/released, origin nw/me, p_cid, cid, wall) and ``radio.bearer_qos`` (its
+``+CGEQOSRDP``: qci, GBR and MBR read right after the activation), ``radio.function``,
 ``radio.reboot`` (the modem said RDY; the driver configures it again and says
 ``radio.reconfigured``), ``radio.unresponsive`` / ``radio.responsive`` (polls went unanswered
 / answered again), ``radio.lost`` (the connection went away; the run is failed through
 ``context.fault``), ``radio.safe_state``, ``radio.task_error``. ``counters()`` keeps the
-identity, the final state, every registration change, the outages, signal extremes,
-the channel's counts and the transcript's path.
+identity, the final state, every registration change, the outages, the dedicated bearer
+changes (``bearers``), signal extremes, the channel's counts and the transcript's path.
 """
 
 from __future__ import annotations
@@ -54,6 +61,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from drivers.base import DeviceContext, Radio
+from drivers.core.emulator import attach_socket_path
 from drivers.emulators import EMULATOR_DIR, EmulatorProcess, start_emulator, state_path
 from drivers.errors import DriverError
 from drivers.impairment.emulated import link_control_path
@@ -87,7 +95,8 @@ SETTINGS = frozenset(
 EMULATOR_SETTINGS = frozenset(
     {"node", "link", "imsi", "home_plmn", "networks", "attenuator", "power", "attach_s",
      "boot_s", "min_rsrp_dbm", "hysteresis_db", "qci", "pin", "puk", "identity", "apn",
-     "pdn_address", "interleave_urcs", "garble_every", "seed"}
+     "pdn_address", "interleave_urcs", "garble_every", "seed", "k", "opc", "core_detection_s",
+     "echo_interval_s"}
 )  # fmt: skip
 SAFE_STATES = ("registered", "off")
 DEFAULT_PDN_ADDRESS = "10.45.0.2"
@@ -95,6 +104,10 @@ SIM_READY_TIMEOUT_S = 10.0
 """After the PIN, the SIM may answer +CME ERROR: 14 (busy) for a few seconds."""
 SYNC_ATTEMPTS = 3
 _PLMN = re.compile(r"^\d{5,6}$")
+_DEDICATED = re.compile(r"^(NW|ME) (ACT|DEACT) (\d+)\s*,\s*(\d+)(?:\s*,\s*(\d+))?")
+"""``+CGEV: NW ACT <p_cid>,<cid>,<event_type>`` and its DEACT/ME siblings: dedicated bearers
+(TS 27.007 §10.1.19 [src: nRF91 AT Commands §7.3]); the spec text shows a blank after each
+comma, modems mostly send none: both parse. The default bearer's are ``PDN ACT <cid>``."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +280,7 @@ class AtModem(Radio):
         self._task_errors = 0
         self._reboots = 0
         self._urc_counts: dict[str, int] = {}
+        self.bearers: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- open
 
@@ -343,6 +357,19 @@ class AtModem(Radio):
                 entry.pop("link", None)
             else:
                 entry["link"] = str(link_control_path(self.context.name_prefix, str(link)))
+            cores = entry.get("cores")
+            if isinstance(cores, list):
+                # core device names -> their attach sockets, for the cores this run opened
+                # (they open before the radios); with none, the network is core-less as before
+                prefix, run_dir = self.context.name_prefix, self.context.run_dir
+                entry["cores"] = [
+                    str(c) if "/" in str(c) else str(attach_socket_path(prefix, str(c)))
+                    for c in cores
+                    if "/" in str(c) or state_path(run_dir, str(c)).exists()
+                ]
+                if not entry["cores"]:
+                    del entry["cores"]
+                    entry.pop("ran", None)
             translated.append(entry)
         node = e.get("node")
         if node is not None and self.context.nodes is not None:
@@ -357,8 +384,11 @@ class AtModem(Radio):
             "pin": e.get("pin"),
             "block_reason": f"no-service:{self.name}",
         }
+        if node is not None:
+            config["node"] = str(node)  # what a core programs the UE's data path towards
         for key in ("identity", "imsi", "puk", "qci", "attach_s", "boot_s", "min_rsrp_dbm",
-                    "hysteresis_db"):  # fmt: skip
+                    "hysteresis_db", "k", "opc", "core_detection_s",
+                    "echo_interval_s"):  # fmt: skip
             if key in e:
                 config[key] = e[key]
         attenuator = e.get("attenuator")
@@ -688,6 +718,10 @@ class AtModem(Radio):
             self._on_reboot(urc)
 
     def _on_cgev(self, urc: Urc) -> None:
+        dedicated = _DEDICATED.match(urc.text)
+        if dedicated is not None:
+            self._on_bearer(dedicated, urc.wall)
+            return
         words = urc.text.split()
         if words[-1:] == [str(self.cid)] and "ACT" in words and "PDN" in words:
             wall = urc.wall
@@ -698,6 +732,45 @@ class AtModem(Radio):
             self._tasks.put(read_address)
         elif ("DEACT" in words and words[-1:] == [str(self.cid)]) or "DETACH" in words:
             self._note_pdn(False, None, "urc", urc.wall)
+
+    def _on_bearer(self, match: re.Match[str], wall: float) -> None:
+        """A dedicated bearer came or went: an event now, its QoS read off the URC thread."""
+        origin, verb, p_cid, cid = match.group(1), match.group(2), match.group(3), match.group(4)
+        change: dict[str, Any] = {
+            "what": "activated" if verb == "ACT" else "released",
+            "origin": origin.lower(),
+            "p_cid": int(p_cid),
+            "cid": int(cid),
+            "event_type": None if match.group(5) is None else int(match.group(5)),
+            "wall": wall,
+        }
+        with self._lock:
+            self.bearers.append(change)
+        self.context.emit("radio.bearer", dict(change))
+        if verb == "ACT":
+
+            def read_qos() -> None:
+                self._read_bearer_qos(change)
+
+            self._tasks.put(read_qos)
+
+    def _read_bearer_qos(self, change: dict[str, Any]) -> None:
+        """``+CGEQOSRDP: <cid>,<QCI>,<DL_GBR>,<UL_GBR>,<DL_MBR>,<UL_MBR>`` of the new bearer."""
+        response = self._at(f"AT+CGEQOSRDP={change['cid']}")
+        for text in response.values("+CGEQOSRDP"):
+            params = split_params(text)
+            if params[0] != str(change["cid"]) or len(params) < 2:
+                continue
+            numbers = [int(p) if p.isdigit() else None for p in params[1:6]]
+            numbers += [None] * (5 - len(numbers))
+            qos = dict(zip(("qci", "dl_gbr_kbps", "ul_gbr_kbps", "dl_mbr_kbps", "ul_mbr_kbps"),
+                           numbers, strict=True))  # fmt: skip
+            with self._lock:
+                change.update(qos)
+            self.context.emit(
+                "radio.bearer_qos",
+                {"cid": change["cid"], **qos, "wall": response.sent_wall + response.elapsed_s},
+            )
 
     def _on_reboot(self, urc: Urc) -> None:
         """The modem restarted (power came back, or a reset): it is unregistered and has
@@ -831,6 +904,7 @@ class AtModem(Radio):
                 },
                 "registration": [dict(h) for h in self.history],
                 "outages": [dict(o) for o in self.outages],
+                "bearers": [dict(b) for b in self.bearers],
                 "signal": {
                     "samples": self._signal_samples,
                     "rsrp_min_dbm": low,

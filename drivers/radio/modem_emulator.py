@@ -12,18 +12,37 @@ Command line::
 ``--tcp-port`` listens on 127.0.0.1 (0 picks a port; one client at a time, a new one replaces
 the old). The ready file (JSON) says ``{"pid", "url"}``: the symlink or
 ``socket://127.0.0.1:PORT``, both pyserial URLs. ``--state-out`` keeps a JSON image of the
-modem (functionality, registration, PLMN, RSRP, attenuation, power, PDN, link blocks), replaced
-atomically on each change.
+modem (functionality, registration, PLMN, RSRP, attenuation, power, PDN, link blocks, and with
+cores: ``core`` (the attach session: plmn, attempt, accepted, address, down and rejecting
+networks), ``bearers`` (dedicated bearers as secondary contexts: cid, p_cid, ebi, qci, gbr_kbps,
+mbr_kbps, arp) and ``cores`` (per network its state up/down, RAN and each core's
+alive/dead/unknown; ``in_use``: plmn, core socket, phase; ``losses``: every declared core loss
+with its first-sign and declaration wall times)), replaced atomically on each change.
 
 The configuration (JSON; every key optional) is read by
 :meth:`~drivers.radio.modem_state.ModemConfig.from_mapping`: ``identity`` {manufacturer,
 model, revision, imei}, ``imsi``, ``pin`` (null = no SIM PIN), ``puk``, ``home_plmn``,
 ``networks`` [{plmn, long, short, tac, ci, pci, earfcn, band, rsrp_dbm (at 0 dB), rsrq_db,
 sinr_db, link (relay control socket carrying this network's traffic), forbidden, bandwidth
-(Quectel code 0-5), duplex}], ``apn``, ``pdn_address``, ``qci``, ``attach_s`` (search and attach
-time once service is possible), ``boot_s``, ``min_rsrp_dbm`` (below: no service),
-``hysteresis_db`` (needed above it to regain service), ``smsc``, ``attenuator`` {state_file,
-key} and ``power`` {state_file, output_key, voltage_key, min_voltage_v}, ``block_reason``.
+(Quectel code 0-5), duplex, cores (attach socket paths of the network's emulated cores, primary
+first, then standbys), ran (the RAN node name sent in the attach)}], ``apn``, ``pdn_address``,
+``qci``, ``attach_s`` (search and attach time once service is possible), ``boot_s``,
+``min_rsrp_dbm`` (below: no service), ``hysteresis_db`` (needed above it to regain service),
+``smsc``, ``attenuator`` {state_file, key} and ``power`` {state_file, output_key, voltage_key,
+min_voltage_v}, ``block_reason``; for networks with cores: ``k`` and ``opc`` (the USIM's
+MILENAGE keys, 32 hex digits), ``node`` (the UE node name sent in the attach),
+``core_detection_s`` (a core's loss is declared this long after its first sign; default 1.0)
+and ``echo_interval_s`` (keepalive period; default 0.05).
+
+Cores (:mod:`drivers.radio.core_link`): an attach to a network with cores completes only once
+its core accepted it (asked for at the start of the attach window, so ``attach_s`` and the
+core's answer overlap) and the PDN address is the one the core allocated; a rejected attach
+makes the network unusable for automatic selection (``+CEREG`` stat 3 with the core's EMM cause
+under manual selection) until a manual selection of it, radio on again or a reboot; a lost core
+drops the registration (``+CEREG: 2``, ``+CGEV: NW PDN DEACT``, ``+CGEV: NW DETACH``) and the
+modem attaches again through a standby core, or, with none left alive, treats the network as
+out of coverage. Dedicated bearers from the core show as secondary contexts (``+CGEV: NW ACT
+<p_cid>,<cid>,0`` / ``NW DEACT``, ``+CGEQOSRDP``, ``+CGSCONTRDP``, ``+CGPADDR``).
 
 Physics: every 50 ms the attenuator and power supply state files are read (the ``settings`` of
 a SCPI emulator's ``--state-out``; a missing file or key = 0 dB and powered). RSRP is the
@@ -63,6 +82,7 @@ from drivers.errors import DriverError
 from drivers.files import write_json_atomic
 from drivers.impairment.relay import RelayControl
 from drivers.ptyport import PtyEndpoint
+from drivers.radio.core_link import CoreLink
 from drivers.radio.modem_state import Modem, ModemConfig, Output
 
 __all__ = ["main"]
@@ -322,7 +342,11 @@ class Emulator:
         self.config = config
         self.physics = Physics(config)
         attenuation, powered = self.physics.read()
-        self.modem = Modem(config, time.monotonic(), powered=powered, attenuation_db=attenuation)
+        has_cores = any(n.cores for n in config.networks)
+        self.core = CoreLink(config, log=log) if has_cores else None
+        self.modem = Modem(
+            config, time.monotonic(), powered=powered, attenuation_db=attenuation, core=self.core
+        )
         self.transport: Transport = transport_factory(self.modem.reset_input)
         self.state_out = state_out
         self.garble_every = garble_every
@@ -347,11 +371,19 @@ class Emulator:
                 wake.append(deadline)
             timeout = max(0.0, min(wake) - now)
             fds = self.transport.fds()
+            core_fds = [] if self.core is None else [self.core.wake_fd]
             try:
-                readable, _, _ = select.select(fds, [], [], timeout)
+                readable, _, _ = select.select(fds + core_fds, [], [], timeout)
             except InterruptedError:
                 readable = []
+            if self.core is not None and self.core.wake_fd in readable:
+                for event in self.core.take_events():
+                    log(f"core event: {event.kind} {event.plmn} attempt {event.attempt} "
+                        f"{event.core or ''} {event.address or ''}{event.name}")  # fmt: skip
+                    self.modem.core_event(event, time.monotonic())
             for fd in readable:
+                if fd in core_fds:
+                    continue
                 data = self.transport.read(fd)
                 if data:
                     # a dead modem reads nothing: the bytes are lost
@@ -399,6 +431,8 @@ class Emulator:
 
     def _publish(self) -> None:
         state = self.modem.snapshot()
+        if self.core is not None:
+            state["cores"] = self.core.snapshot()
         self.coupler.want(state["blocked"])
         if state != self._last_state:
             if self._last_state is None or state["stat"] != self._last_state["stat"]:
@@ -408,6 +442,8 @@ class Emulator:
                 write_json_atomic(self.state_out, {**state, "pid": os.getpid()}, durable=False)
 
     def close(self) -> None:
+        if self.core is not None:
+            self.core.close()
         self.coupler.stop()
         self.transport.close()
 

@@ -4,7 +4,9 @@ physics that drive it (received power per network minus the attenuator's setting
 supply's output), plus the spec tables the AT modem driver decodes with (index scales of
 ``+CSQ``/``+CESQ``, registration states). It does no I/O: the emulator process feeds it bytes,
 physics and the clock, and writes out what it produces, so every behaviour here is the same over
-a pty or TCP. Times are ``time.monotonic()`` seconds passed in by the caller.
+a pty or TCP. Times are ``time.monotonic()`` seconds passed in by the caller. Networks with
+emulated cores gate their attach on the core's answer through a
+:class:`~drivers.radio.core_gate.CoreGate` (the sockets are :mod:`drivers.radio.core_link`'s).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from drivers.radio.at import CME_ERRORS, split_params
+from drivers.radio.core_gate import CoreBearer, CoreEvent, CoreGate, CorePort
 
 __all__ = [
     "CESQ_RSRP",
@@ -161,10 +164,15 @@ class NetworkConfig:
     forbidden: bool = False
     bandwidth: int = 5
     duplex: str = "FDD"
+    cores: tuple[str, ...] = ()
+    ran: str | None = None
+    attenuated: bool = True
+    """False: this cell reaches the modem over another RF path than the attenuator's (a
+    neighbour country's cell near the border), so an attenuator ramp does not weaken it."""
 
     KEYS = frozenset(
         {"plmn", "long", "short", "tac", "ci", "pci", "earfcn", "band", "rsrp_dbm", "rsrq_db",
-         "sinr_db", "link", "forbidden", "bandwidth", "duplex"}
+         "sinr_db", "link", "forbidden", "bandwidth", "duplex", "cores", "ran", "attenuated"}
     )  # fmt: skip
 
     @classmethod
@@ -184,6 +192,16 @@ class NetworkConfig:
         duplex = _text(data, "duplex", "FDD").upper()
         if duplex not in ("FDD", "TDD"):
             raise ValueError(f"network {plmn}: duplex must be FDD or TDD, got {duplex!r}")
+        cores = data.get("cores", [])
+        if (
+            not isinstance(cores, Sequence)
+            or isinstance(cores, str)
+            or not all(isinstance(c, str) and c for c in cores)
+        ):
+            raise ValueError(f"network {plmn}: cores must be a list of attach socket paths")
+        ran = data.get("ran")
+        if (ran is None and cores) or (ran is not None and not (isinstance(ran, str) and ran)):
+            raise ValueError(f"network {plmn}: a network with cores needs ran (its RAN node name)")
         return cls(
             plmn=plmn,
             long=_text(data, "long", f"PLMN {plmn}"),
@@ -200,6 +218,9 @@ class NetworkConfig:
             forbidden=bool(data.get("forbidden", False)),
             bandwidth=bandwidth,
             duplex=duplex,
+            cores=tuple(cores),
+            ran=ran,
+            attenuated=bool(data.get("attenuated", True)),
         )
 
     @property
@@ -252,11 +273,16 @@ class ModemConfig:
     attenuator: FileCoupling | None = None
     power: PowerCoupling | None = None
     block_reason: str = "no-service:modem"
+    k: str | None = None
+    opc: str | None = None
+    node: str | None = None
+    core_detection_s: float = 1.0
+    echo_interval_s: float = 0.05
 
     KEYS = frozenset(
         {"identity", "imsi", "pin", "puk", "home_plmn", "networks", "apn", "pdn_address", "qci",
          "attach_s", "boot_s", "min_rsrp_dbm", "hysteresis_db", "smsc", "attenuator", "power",
-         "block_reason"}
+         "block_reason", "k", "opc", "node", "core_detection_s", "echo_interval_s"}
     )  # fmt: skip
 
     @classmethod
@@ -315,10 +341,29 @@ class ModemConfig:
             attenuator=None if attenuator is None else _file_coupling(attenuator),
             power=None if power is None else _power_coupling(power),
             block_reason=_text(data, "block_reason", defaults.block_reason),
+            k=_usim_key(data, "k"),
+            opc=_usim_key(data, "opc"),
+            node=None if data.get("node") is None else _text(data, "node"),
+            core_detection_s=_number(data, "core_detection_s", defaults.core_detection_s),
+            echo_interval_s=_number(data, "echo_interval_s", defaults.echo_interval_s),
         )
         if config.attach_s < 0 or config.boot_s < 0 or config.hysteresis_db < 0:
             raise ValueError("attach_s, boot_s and hysteresis_db must be >= 0")
+        if config.core_detection_s <= 0 or config.echo_interval_s <= 0:
+            raise ValueError("core_detection_s and echo_interval_s must be > 0")
+        if any(n.cores for n in networks) and (config.k is None or config.opc is None):
+            raise ValueError("networks with cores authenticate the USIM: give k and opc")
         return config
+
+
+def _usim_key(data: Mapping[str, Any], key: str) -> str | None:
+    """K or OPc of the USIM (TS 35.206): 128 bits as 32 hex digits, kept in lower case."""
+    value = data.get(key)
+    if value is None:
+        return None
+    if not (isinstance(value, str) and re.fullmatch(r"[0-9A-Fa-f]{32}", value)):
+        raise ValueError(f"{key} must be 32 hex digits (128 bits), got {value!r}")
+    return value.lower()
 
 
 def _file_coupling(data: Any) -> FileCoupling:
@@ -418,8 +463,9 @@ DEFERRED_LIMIT_S = 60.0
 """The longest a manual selection or attach waits for the network before +CME ERROR: 30 (real
 modems allow up to 180 s)."""
 SIM_PROTECTED = frozenset(
-    {"+CIMI", "+COPS", "+CGATT", "+CGACT", "+CGPADDR", "+CGEQOSRDP", "+CPMS", "+CSCA", "+CNUM"}
-)
+    {"+CIMI", "+COPS", "+CGATT", "+CGACT", "+CGPADDR", "+CGEQOSRDP", "+CPMS", "+CSCA", "+CNUM",
+     "+CGCONTRDP", "+CGSCONTRDP"}
+)  # fmt: skip
 """Commands that need the SIM unlocked (+CME ERROR: 11 before the PIN)."""
 
 
@@ -428,9 +474,16 @@ class Modem:
     collect what it sends with :meth:`take_output`."""
 
     def __init__(
-        self, config: ModemConfig, now: float, *, powered: bool = True, attenuation_db: float = 0.0
+        self,
+        config: ModemConfig,
+        now: float,
+        *,
+        powered: bool = True,
+        attenuation_db: float = 0.0,
+        core: CorePort | None = None,
     ) -> None:
         self.config = config
+        self.gate = CoreGate((n.plmn for n in config.networks if n.cores), core)
         self.outbox: list[Output] = []
         self.attenuation_db = attenuation_db
         self.powered = powered
@@ -470,7 +523,8 @@ class Modem:
             "+CSCS": self._cmd_cscs, "+CNMI": self._cmd_cnmi, "+CLIP": self._cmd_clip,
             "+CRC": self._cmd_crc, "+CVHU": self._cmd_cvhu, "+CSMP": self._cmd_csmp,
             "+CPMS": self._cmd_cpms, "+CSCA": self._cmd_csca, "+CNUM": self._cmd_cnum,
-            "+CLAC": self._cmd_clac,
+            "+CLAC": self._cmd_clac, "+CGCONTRDP": self._cmd_cgcontrdp,
+            "+CGSCONTRDP": self._cmd_cgscontrdp,
         }  # fmt: skip
         if powered:
             self._evaluate(now)
@@ -525,7 +579,9 @@ class Modem:
         self._evaluate(now)
 
     def next_deadline(self) -> float | None:
-        times = [t for t in (self.booting_until, self.attach and self.attach.due) if t]
+        attach = self.attach
+        due = attach.due if attach is not None and self._core_ready(attach) else None
+        times = [t for t in (self.booting_until, due) if t]
         if self._deferred is not None:
             times.append(self._deferred.deadline)
         return min(times) if times else None
@@ -541,6 +597,9 @@ class Modem:
         self.booting_until = None
         self.stat, self.serving, self.attach = 0, None, None
         self.active.clear()
+        self.gate.hide_all()
+        self.gate.sync(None, graceful=False)  # no detach from a modem whose power went
+        self.gate.need(())
         self._deferred = None
         self._queue.clear()
         self._line.clear()
@@ -561,6 +620,8 @@ class Modem:
         self.wanted = {1} & set(self.contexts)
         self.stat, self.serving, self.attach = 0, None, None
         self.active.clear()
+        self.gate.hide_all()
+        self.gate.forget()
         self._reported.clear()
         self._deferred = None
         self._queue.clear()
@@ -569,7 +630,7 @@ class Modem:
     # ---------------------------------------------------------------- radio model
 
     def rsrp_dbm(self, network: NetworkConfig) -> float:
-        return network.rsrp_dbm - self.attenuation_db
+        return network.rsrp_dbm - (self.attenuation_db if network.attenuated else 0.0)
 
     def sinr_db(self, network: NetworkConfig) -> float:
         return min(network.sinr_db, self.rsrp_dbm(network) - NOISE_PER_RE_DBM)
@@ -585,6 +646,8 @@ class Modem:
         attaching = self.attach is not None and self.attach.network is network
         holding = network is self.serving or attaching
         margin = 0.0 if holding else self.config.hysteresis_db
+        if network.plmn in self.gate.down:
+            return False  # no core alive behind the cell: as good as no coverage
         return self.rsrp_dbm(network) >= self.config.min_rsrp_dbm + margin
 
     def network(self, plmn: str | None) -> NetworkConfig | None:
@@ -600,13 +663,13 @@ class Modem:
         if self.cops_mode in (1, 4):
             chosen = self.network(self.cops_plmn)
             if chosen is not None and self._usable(chosen):
-                if not chosen.forbidden:
+                if not self._denied(chosen):
                     return (1 if self._home(chosen) else 5), chosen
                 if self.cops_mode == 1:
                     return 3, chosen
             elif self.cops_mode == 1:
                 return 2, None
-        allowed = [n for n in self.config.networks if not n.forbidden and self._usable(n)]
+        allowed = [n for n in self.config.networks if not self._denied(n) and self._usable(n)]
         home = [n for n in allowed if self._home(n)]
         pool, stat = (home, 1) if home else (allowed, 5)
         if not pool:
@@ -617,10 +680,41 @@ class Modem:
                 return stat, keep
         return stat, max(pool, key=self.rsrp_dbm)
 
+    def _denied(self, network: NetworkConfig) -> bool:
+        """Forbidden on the SIM, or its core rejected the last attach."""
+        return network.forbidden or network.plmn in self.gate.rejected
+
+    def _core_ready(self, attach: _Attach) -> bool:
+        return attach.stat not in REGISTERED or self.gate.ready(attach.network.plmn)
+
     def _evaluate(self, now: float) -> None:
         """Move registration towards what the radio conditions and settings allow."""
         if not self.powered:
             return
+        old = self.attach.network if self.attach is not None else self.serving
+        self._evaluate_radio(now)
+        # the core session follows the attach (started with its window) or the registration
+        attach = self.attach
+        if attach is not None:
+            target = attach.network if attach.stat in REGISTERED else None
+        else:
+            target = self.serving if self.stat in REGISTERED else None
+        graceful = old is not None and self._usable(old)
+        self.gate.sync(None if target is None else target.plmn, graceful)
+        self.gate.need(self._core_needs())
+        self._check_deferred(now)
+
+    def _core_needs(self) -> list[str]:
+        """Networks whose dead cores are worth probing: the ones the modem would use."""
+        if (not self.alive or self.fun != 1 or self.sim != "READY" or self.cops_mode == 2
+                or not self.attach_wanted):  # fmt: skip
+            return []
+        manual = self.network(self.cops_plmn) if self.cops_mode in (1, 4) else None
+        floor = self.config.min_rsrp_dbm
+        return [n.plmn for n in self.config.networks
+                if n is manual or (not self._denied(n) and self.rsrp_dbm(n) >= floor)]  # fmt: skip
+
+    def _evaluate_radio(self, now: float) -> None:
         stat, network = self._desired()
         if network is None:
             self.attach = None
@@ -630,27 +724,28 @@ class Modem:
         elif (
             self.attach is not None and self.attach.network is network and self.attach.stat == stat
         ):
-            if now >= self.attach.due:
+            if now >= self.attach.due and self._core_ready(self.attach):
                 self.attach = None
                 self._set_stat(stat, network)
         else:
             self.attach = _Attach(network, stat, now + self.config.attach_s)
             self._set_stat(2, None)
             if self.config.attach_s <= 0:
-                self._evaluate(now)
-                return
-        self._check_deferred(now)
+                self._evaluate_radio(now)
 
-    def _set_stat(self, stat: Stat, network: NetworkConfig | None) -> None:
+    def _set_stat(self, stat: Stat, network: NetworkConfig | None, nw_loss: bool = False) -> None:
         was_registered = self.stat in REGISTERED
-        lost_coverage = self.serving is not None and not self._usable(self.serving)
+        lost_coverage = nw_loss or (self.serving is not None and not self._usable(self.serving))
         old_serving = self.serving
         self.stat, self.serving = stat, network
         self._report_registration()
         if was_registered and (stat not in REGISTERED or network is not old_serving):
             # TS 27.007 §10.1.19: a detach implies the contexts' deactivation; on a network
             # loss this modem reports them too (as some do), so drivers must cope with both
+            gone = self.gate.hide_all()
             if lost_coverage:
+                for shown in gone:
+                    self._cgev(f"NW DEACT {shown.p_cid},{shown.cid},0")
                 for cid in sorted(self.active):
                     self._cgev(f"NW PDN DEACT {cid}")
             self.active.clear()
@@ -659,6 +754,55 @@ class Modem:
             for cid in sorted(self.wanted & set(self.contexts)):
                 self.active.add(cid)
                 self._cgev(f"ME PDN ACT {cid}")
+            for bearer in list(self.gate.network_bearers.values()):
+                self._show_bearer(bearer)
+
+    # ---------------------------------------------------------------- the core
+
+    def core_event(self, event: CoreEvent, now: float) -> None:
+        """What the core link learnt: an attach answer, a lost core, a bearer change."""
+        kind = self.gate.receive(event)
+        if not self.powered:
+            return
+        registered_there = (
+            self.stat in REGISTERED and self.serving is not None and self.serving.plmn == event.plmn
+        )
+        attaching_there = self.attach is not None and self.attach.network.plmn == event.plmn
+        if kind in ("lost", "detached"):
+            # the network side went: registration drops now, the next attach picks a standby
+            # core, or, with none left, another network (down networks count as no coverage)
+            if attaching_there:
+                self.attach = None
+            if registered_there:
+                self._set_stat(2, None, nw_loss=True)
+        elif kind == "rejected" and self.attach is not None and attaching_there:
+            self.attach = _Attach(self.attach.network, 3, now)  # denied at once
+        elif kind == "bearer" and event.bearer is not None and registered_there:
+            if event.what == "activated":
+                self._show_bearer(event.bearer)
+            else:
+                shown = self.gate.hide(event.bearer.ebi)
+                if shown is not None:
+                    self._cgev(f"NW DEACT {shown.p_cid},{shown.cid},0")
+        self._evaluate(now)
+
+    def _show_bearer(self, bearer: CoreBearer) -> None:
+        """A dedicated bearer becomes a secondary context of the first active PDN context:
+        ``+CGEV: NW ACT <p_cid>,<cid>,<event_type>`` with event_type 0, "informational"
+        (TS 27.007 §10.1.19 [src: nRF91 AT Commands §7.3 +CGEV, and the MediaTek/Marvell
+        modem headers that quote the clause])."""
+        if not self.active:
+            return
+        shown = self.gate.show(bearer, min(self.active), self.contexts)
+        if shown is not None:
+            self._cgev(f"NW ACT {shown.p_cid},{shown.cid},0")
+
+    def pdn_address(self) -> str:
+        """The PDN address: the one the core allocated, else the configured one."""
+        serving = self.serving
+        if serving is not None and serving.plmn in self.gate.cored:
+            return self.gate.address or "0.0.0.0"
+        return self.config.pdn_address
 
     @property
     def data_service(self) -> bool:
@@ -707,7 +851,8 @@ class Modem:
         if n >= 2 and self.serving is not None:
             text += f',"{self.serving.tac:04X}","{self.serving.ci:08X}",{ACT_EUTRAN}'
             if n >= 3 and name == "+CEREG" and self.stat == 3:
-                text += f",0,{EMM_CAUSE_PLMN_NOT_ALLOWED}"
+                cause, _ = self.gate.rejected.get(self.serving.plmn, (0, ""))
+                text += f",0,{cause or EMM_CAUSE_PLMN_NOT_ALLOWED}"
         return text
 
     # ---------------------------------------------------------------- command lines
@@ -1027,6 +1172,8 @@ class Modem:
             self._respond([], "OK")
             self._boot(now, fun)
             raise _Silent()
+        if fun == 1 and self.fun != 1:
+            self.gate.forget()  # radio back on: a fresh try at every core that refused it
         self.fun = fun
         self._evaluate(now)
         return []
@@ -1105,6 +1252,8 @@ class Modem:
         if len(params) < 3 or not params[2]:
             raise AtFail(CME_NOT_SUPPORTED)
         chosen = self._find_oper(params[2], fmt)
+        if chosen is not None:
+            self.gate.rejected.pop(chosen.plmn, None)  # asked for by hand: try its core again
         self.cops_mode = mode
         self.cops_plmn = chosen.plmn if chosen else params[2]
         self._evaluate(now)
@@ -1206,7 +1355,7 @@ class Modem:
         if form == "read":
             lines = []
             for cid, ctx in sorted(self.contexts.items()):
-                address = self.config.pdn_address if cid in self.active else "0.0.0.0"
+                address = self.pdn_address() if cid in self.active else "0.0.0.0"
                 lines.append(f'+CGDCONT: {cid},"{ctx.pdp_type}","{ctx.apn}","{address}",0,0')
             return lines
         if form == "test":
@@ -1231,12 +1380,16 @@ class Modem:
 
     def _deactivate(self, cid: int, event: str) -> None:
         if cid in self.active:
+            for shown in self.gate.hide_all(p_cid=cid):  # its dedicated bearers go with it
+                self._cgev(f"ME DEACT {shown.p_cid},{shown.cid},0")
             self.active.discard(cid)
             self._cgev(f"{event} {cid}")
 
     def _cmd_cgact(self, form: str, args: str, now: float) -> list[str] | _Deferred:
         if form == "read":
-            return [f"+CGACT: {cid},{int(cid in self.active)}" for cid in sorted(self.contexts)]
+            states = {cid: int(cid in self.active) for cid in self.contexts}
+            states.update((cid, 1) for cid in self.gate.dedicated)
+            return [f"+CGACT: {cid},{state}" for cid, state in sorted(states.items())]
         if form == "test":
             return ["+CGACT: (0,1)"]
         if form != "set":
@@ -1262,26 +1415,70 @@ class Modem:
         return self._wait_registered(now, None)
 
     def _cmd_cgpaddr(self, form: str, args: str, now: float) -> list[str]:
+        """A secondary context shares its primary's address (TS 23.060 §9.2.2.1.1 [mem]),
+        so a dedicated bearer's cid shows the PDN address too."""
+        defined = sorted({*self.contexts, *self.gate.dedicated})
         if form == "test":
-            return ["+CGPADDR: (" + ",".join(str(c) for c in sorted(self.contexts)) + ")"]
+            return ["+CGPADDR: (" + ",".join(str(c) for c in defined) + ")"]
         if form == "read":
             raise AtFail()
-        cids = _int_args(args, 15, optional=True) if form == "set" else sorted(self.contexts)
+        cids = _int_args(args, 15, optional=True) if form == "set" else defined
         lines = []
         for cid in cids:
-            if cid in self.active:
-                lines.append(f'+CGPADDR: {cid},"{self.config.pdn_address}"')
+            if cid in self.active or cid in self.gate.dedicated:
+                lines.append(f'+CGPADDR: {cid},"{self.pdn_address()}"')
             elif cid in self.contexts:
                 lines.append(f"+CGPADDR: {cid}")
         return lines
 
     def _cmd_cgeqosrdp(self, form: str, args: str, now: float) -> list[str]:
+        """``+CGEQOSRDP: <cid>,<QCI>,[<DL_GBR>,<UL_GBR>],[<DL_MBR>,<UL_MBR>]`` (TS 27.007
+        §10.1.27 [src: nRF91 AT Commands §7.7]): the default bearer's QCI from the core when
+        it has one; a dedicated bearer's QCI, GBR and MBR (both directions alike)."""
+        active = sorted({*self.active, *self.gate.dedicated})
         if form == "test":
-            return ["+CGEQOSRDP: (" + ",".join(str(c) for c in sorted(self.active)) + ")"]
+            return ["+CGEQOSRDP: (" + ",".join(str(c) for c in active) + ")"]
         if form == "read":
             raise AtFail()
-        cids = _int_args(args, 15, optional=True) if form == "set" else sorted(self.active)
-        return [f"+CGEQOSRDP: {c},{self.config.qci},0,0,0,0" for c in cids if c in self.active]
+        cids = _int_args(args, 15, optional=True) if form == "set" else active
+        default = self.gate.default_bearer
+        qci = self.config.qci if default is None else default.qci
+        lines = []
+        for cid in cids:
+            shown = self.gate.dedicated.get(cid)
+            if shown is not None:
+                b = shown.bearer
+                lines.append(f"+CGEQOSRDP: {cid},{b.qci},{b.gbr_kbps},{b.gbr_kbps},"
+                             f"{b.mbr_kbps},{b.mbr_kbps}")  # fmt: skip
+            elif cid in self.active:
+                lines.append(f"+CGEQOSRDP: {cid},{qci},0,0,0,0")
+        return lines
+
+    def _cmd_cgcontrdp(self, form: str, args: str, now: float) -> list[str]:
+        """``+CGCONTRDP: <cid>,<bearer_id>,<apn>,<local_addr and subnet_mask>`` for active
+        primary contexts only (TS 27.007 §10.1.23 [src: nRF91 AT Commands §7.9, MediaTek
+        at_cgcontrdp]); the address in the dotted "a1.a2.a3.a4.m1.m2.m3.m4" form [mem]."""
+        if form == "test":
+            return ["+CGCONTRDP: (" + ",".join(str(c) for c in sorted(self.active)) + ")"]
+        if form == "read":
+            raise AtFail()
+        cids = _int_args(args, 1) if form == "set" else sorted(self.active)
+        default = self.gate.default_bearer
+        ebi = 5 if default is None else default.ebi
+        return [f'+CGCONTRDP: {cid},{ebi},"{self.contexts[cid].apn}",'
+                f'"{self.pdn_address()}.255.255.255.255"'
+                for cid in cids if cid in self.active]  # fmt: skip
+
+    def _cmd_cgscontrdp(self, form: str, args: str, now: float) -> list[str]:
+        """``+CGSCONTRDP: <cid>,<p_cid>,<bearer_id>`` for the dedicated bearers' secondary
+        contexts (TS 27.007 §10.1.24 [src: MediaTek at_cgscontrdp_ind_struct])."""
+        if form == "test":
+            return ["+CGSCONTRDP: (" + ",".join(str(c) for c in sorted(self.gate.dedicated)) + ")"]
+        if form == "read":
+            raise AtFail()
+        cids = _int_args(args, 1) if form == "set" else sorted(self.gate.dedicated)
+        shown = [self.gate.dedicated[c] for c in cids if c in self.gate.dedicated]
+        return [f"+CGSCONTRDP: {d.cid},{d.p_cid},{d.bearer.ebi}" for d in shown]
 
     def _cmd_cgerep(self, form: str, args: str, now: float) -> list[str]:
         if form == "read":
@@ -1323,10 +1520,15 @@ class Modem:
                     "apn": ctx.apn,
                     "type": ctx.pdp_type,
                     "active": cid in self.active,
-                    "address": self.config.pdn_address if cid in self.active else None,
+                    "address": self.pdn_address() if cid in self.active else None,
                 }
                 for cid, ctx in sorted(self.contexts.items())
             },
+            "bearers": [
+                {"cid": d.cid, "p_cid": d.p_cid, **d.bearer.to_json()}
+                for _, d in sorted(self.gate.dedicated.items())
+            ],
+            "core": self.gate.snapshot(),
             "data_service": self.data_service,
             "blocked": self.link_blocks(),
         }
