@@ -22,8 +22,9 @@ the latest attach wins and nothing needs undoing; the namespaces go with the run
 from __future__ import annotations
 
 import ipaddress
+import json
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,16 +76,46 @@ class Topology:
         return RAN_TABLE_BASE + sorted(self.namespaces).index(core)
 
 
+MacOf = Callable[[str, str], str]
+"""``mac_of(namespace, ifname)``: the interface's MAC address."""
+
+
+def interface_mac(namespace: str, ifname: str) -> str:
+    done = subprocess.run(
+        ["ip", "-n", namespace, "-j", "link", "show", "dev", ifname],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        return str(json.loads(done.stdout)[0]["address"])
+    except (ValueError, IndexError, KeyError) as exc:
+        raise PathError(f"no MAC for {ifname} in {namespace}: {done.stderr.strip()}") from exc
+
+
 def path_commands(
-    topo: Topology, *, ue_node: str, ran: str, core: str, address: str
+    topo: Topology,
+    *,
+    ue_node: str,
+    ran: str,
+    core: str,
+    address: str,
+    mac_of: MacOf = interface_mac,
 ) -> dict[str, list[str]]:
-    """``ip -batch`` lines per namespace that route ``address`` via ``ran`` and ``core``."""
+    """``ip -batch`` lines per namespace that route ``address`` via ``ran`` and ``core``.
+
+    The radio hop gets permanent neighbour entries both ways: LTE has no ARP over the air,
+    and an ARP request lost while the UE's radio link was still blocked would hold the first
+    packets for the kernel's one-second retry."""
     ue_port, ran_ue_port = topo.link_between(ue_node, ran)
     ran_core_port, core_ran_port = topo.link_between(ran, core)
     host = f"{address}/32"
     ns = topo.namespaces
+    ue_mac = mac_of(ns[ue_node], ue_port.ifname)
+    ran_mac = mac_of(ns[ran], ran_ue_port.ifname)
     out: dict[str, list[str]] = {}
     out[ns[ue_node]] = [
+        f"neigh replace {ran_ue_port.ip} lladdr {ran_mac} dev {ue_port.ifname} nud permanent",
         f"route replace default via {ran_ue_port.ip} dev {ue_port.ifname} src {address} "
         f"table {UE_TABLE}",
         f"rule del priority {UE_RULE_PRIORITY}",
@@ -92,12 +123,13 @@ def path_commands(
     ]
     table = topo.table_of(core)
     ran_lines = [
+        f"neigh replace {address} lladdr {ue_mac} dev {ran_ue_port.ifname} nud permanent",
         f"route replace default via {core_ran_port.ip} dev {ran_core_port.ifname} table {table}",
         f"rule del from {host} priority {RAN_RULE_PRIORITY}",
         f"rule add from {host} lookup {table} priority {RAN_RULE_PRIORITY}",
     ]
     if ipaddress.ip_address(address) not in ipaddress.ip_interface(ran_ue_port.address).network:
-        ran_lines.insert(0, f"route replace {host} dev {ran_ue_port.ifname}")
+        ran_lines.insert(1, f"route replace {host} dev {ran_ue_port.ifname}")
     out[ns[ran]] = ran_lines
     out[ns[core]] = [f"route replace {host} via {ran_core_port.ip} dev {core_ran_port.ifname}"]
     for link, mine in topo.ports_of(core):

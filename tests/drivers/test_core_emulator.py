@@ -206,3 +206,46 @@ def test_only_attached_ues_cross_a_core_and_a_killed_core_drops_them(
     assert "attach_reject" in kinds and "attach" in kinds and "path" in kinds
     path = next(e for e in record if e["event"] == "path")
     assert path["errors"] == [] and path["address"] == UE_IP
+
+
+def test_path_follows_a_roaming_ue_into_the_other_country() -> None:
+    """UE A1 attached by country B's core through B's cell: the lines each node gets."""
+    from drivers.core.paths import Topology, path_commands
+
+    def ports(*items: tuple[str, str, str]) -> list[dict[str, str]]:
+        return [{"node": n, "ifname": i, "address": a} for n, i, a in items]
+
+    topo = Topology(
+        {
+            "namespaces": {n: f"t-{n}" for n in ("ue", "ran_a", "ran_b", "core_a", "core_b", "as")},
+            "links": {
+                "radio": ports(("ue", "eth0", "10.45.0.1/30"), ("ran_a", "eth0", "10.45.0.2/30")),
+                "radio_b": ports(("ue", "eth1", "10.9.9.1/30"), ("ran_b", "eth3", "10.9.9.2/30")),
+                "bh_a": ports(("ran_a", "eth1", "10.9.0.1/30"), ("core_a", "eth0", "10.9.0.2/30")),
+                "bh_b": ports(("ran_b", "eth1", "10.9.1.1/30"), ("core_b", "eth0", "10.9.1.2/30")),
+                "backbone": ports(
+                    ("core_a", "eth1", "10.200.0.1/24"),
+                    ("core_b", "eth1", "10.200.0.2/24"),
+                    ("as", "eth0", "10.200.0.3/24"),
+                ),
+            },
+        }
+    )
+    lines = path_commands(
+        topo, ue_node="ue", ran="ran_b", core="core_b", address="10.45.0.1",
+        mac_of=lambda ns, ifname: f"02:00:00:00:{len(ns):02x}:{int(ifname[-1]):02x}",
+    )  # fmt: skip
+    assert lines["t-ue"][1] == (
+        "route replace default via 10.9.9.2 dev eth1 src 10.45.0.1 table 200"
+    )
+    assert "neigh replace 10.9.9.2 lladdr 02:00:00:00:07:03 dev eth1 nud permanent" in lines["t-ue"]
+    # the address is not on B's radio link: a host route on that link, and uplink to core_b
+    assert "route replace 10.45.0.1/32 dev eth3" in lines["t-ran_b"]
+    table = topo.table_of("core_b")
+    assert f"rule add from 10.45.0.1/32 lookup {table} priority 300" in lines["t-ran_b"]
+    assert f"route replace default via 10.9.1.2 dev eth1 table {table}" in lines["t-ran_b"]
+    assert lines["t-core_b"] == ["route replace 10.45.0.1/32 via 10.9.1.1 dev eth0"]
+    # the backbone (the MCPTT server, the home core) reaches the UE through core_b now
+    assert lines["t-as"] == ["route replace 10.45.0.1/32 via 10.200.0.2 dev eth0"]
+    assert lines["t-core_a"] == ["route replace 10.45.0.1/32 via 10.200.0.2 dev eth1"]
+    assert "t-ran_a" not in lines
