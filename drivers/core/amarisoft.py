@@ -674,6 +674,8 @@ class AmarisoftCore(Core):
             "cell_gain_changes": self.gain_changes, "lost": self._faulted,
             "transcript": str(self.transcript_path),
         }  # fmt: skip
+        if self._emulated is not None:
+            out["procedures"] = self._emulated.procedures()
         try:
             stats = self.stats()
         except DriverError as exc:

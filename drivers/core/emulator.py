@@ -538,6 +538,26 @@ class EmulatedCore:
             )
         return answer
 
+    def procedures(self) -> dict[str, Any]:
+        """The procedure record, summarised for the run's counters: counts per procedure and
+        every pre-emption and refusal with both sides (the file has the rest)."""
+        counts: dict[str, int] = {}
+        notable = []
+        try:
+            lines = Path(self.config["events"]).read_text(encoding="utf-8").splitlines()
+        except OSError:
+            lines = []
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue  # a torn last line of a killed core
+            event = str(entry.get("event"))
+            counts[event] = counts.get(event, 0) + 1
+            if event in ("bearer_preempted", "bearer_rejected", "attach_reject"):
+                notable.append(entry)
+        return {"record": self.config["events"], "counts": counts, "notable": notable}
+
     def close(self) -> None:
         self._expected_exit = True
         self._watch_stop.set()

@@ -757,6 +757,8 @@ class Open5gsCore(Core):
             except DriverError as exc:
                 errors.append(str(exc))
         out["metrics"] = per_component
+        if self._emulated is not None:
+            out["procedures"] = self._emulated.procedures()
         if "mme" in self._metrics_urls():
             try:
                 out["ues_attached"] = len(self.ues())
