@@ -15,7 +15,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-__all__ = ["write_json_atomic", "write_text_atomic"]
+__all__ = ["read_json_lines", "write_json_atomic", "write_text_atomic"]
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str, *, durable: bool = True) -> None:
@@ -37,3 +37,21 @@ def write_text_atomic(path: str | os.PathLike[str], text: str, *, durable: bool 
 
 def write_json_atomic(path: str | os.PathLike[str], obj: Any, *, durable: bool = True) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, sort_keys=True) + "\n", durable=durable)
+
+
+def read_json_lines(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """An emulator's procedure log, one JSON object per line; a torn last line (the process
+    was killed while writing) and anything that is not an object are skipped."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError:
+        return []
+    entries = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            entries.append(entry)
+    return entries

@@ -44,7 +44,7 @@ from drivers.core.subscriber import Arp, Subscriber
 from drivers.core.userplane import UserPlane
 from drivers.emulators import EmulatorProcess, start_emulator, state_path
 from drivers.errors import DriverError
-from drivers.files import write_json_atomic
+from drivers.files import read_json_lines, write_json_atomic
 
 __all__ = ["EMULATE_KEYS", "EmulatedCore", "main", "start_emulated_core"]
 
@@ -543,15 +543,7 @@ class EmulatedCore:
         every pre-emption and refusal with both sides (the file has the rest)."""
         counts: dict[str, int] = {}
         notable = []
-        try:
-            lines = Path(self.config["events"]).read_text(encoding="utf-8").splitlines()
-        except OSError:
-            lines = []
-        for line in lines:
-            try:
-                entry = json.loads(line)
-            except ValueError:
-                continue  # a torn last line of a killed core
+        for entry in read_json_lines(self.config["events"]):
             event = str(entry.get("event"))
             counts[event] = counts.get(event, 0) + 1
             if event in ("bearer_preempted", "bearer_rejected", "attach_reject"):

@@ -39,6 +39,7 @@ class Port:
     node: str
     ifname: str
     address: str  # with prefix length, e.g. 10.201.0.1/30
+    mac: str | None = None  # as the topology built it; None: ask the kernel
 
     @property
     def ip(self) -> str:
@@ -57,7 +58,10 @@ class Topology:
     def __init__(self, data: Mapping[str, Any]) -> None:
         self.namespaces: dict[str, str] = dict(data["namespaces"])
         self.links: dict[str, list[Port]] = {
-            name: [Port(str(p["node"]), str(p["ifname"]), str(p["address"])) for p in ports]
+            name: [
+                Port(str(p["node"]), str(p["ifname"]), str(p["address"]), p.get("mac"))
+                for p in ports
+            ]
             for name, ports in dict(data["links"]).items()
         }
 
@@ -100,19 +104,25 @@ def path_commands(
     ran: str,
     core: str,
     address: str,
-    mac_of: MacOf = interface_mac,
+    mac_of: MacOf | None = None,
 ) -> dict[str, list[str]]:
     """``ip -batch`` lines per namespace that route ``address`` via ``ran`` and ``core``.
 
     The radio hop gets permanent neighbour entries both ways: LTE has no ARP over the air,
     and an ARP request lost while the UE's radio link was still blocked would hold the first
-    packets for the kernel's one-second retry."""
+    packets for the kernel's one-second retry. MACs come from the topology (``mac_of``
+    overrides; a port without one is asked of the kernel)."""
     ue_port, ran_ue_port = topo.link_between(ue_node, ran)
     ran_core_port, core_ran_port = topo.link_between(ran, core)
     host = f"{address}/32"
     ns = topo.namespaces
-    ue_mac = mac_of(ns[ue_node], ue_port.ifname)
-    ran_mac = mac_of(ns[ran], ran_ue_port.ifname)
+
+    def mac(port: Port) -> str:
+        if mac_of is not None:
+            return mac_of(ns[port.node], port.ifname)
+        return port.mac or interface_mac(ns[port.node], port.ifname)
+
+    ue_mac, ran_mac = mac(ue_port), mac(ran_ue_port)
     out: dict[str, list[str]] = {}
     out[ns[ue_node]] = [
         f"neigh replace {ran_ue_port.ip} lladdr {ran_mac} dev {ue_port.ifname} nud permanent",

@@ -24,6 +24,8 @@ import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from drivers.netns.topology import NetnsError, write_sysctls
+
 TUNSETIFF = 0x400454CA
 IFF_TUN = 0x0001
 IFF_NO_PI = 0x1000
@@ -83,11 +85,9 @@ class UserPlane:
         fcntl.ioctl(self._fd, TUNSETIFF, request)
         subprocess.run(["ip", "link", "set", self.tun_name, "netns", self.namespace], check=True)
         _ip(self.namespace, ["link", "set", self.tun_name, "up"])
-        subprocess.run(
-            ["ip", "netns", "exec", self.namespace, "sysctl", "-q", "-w",
-             f"net.ipv4.conf.{self.tun_name}.rp_filter=0", "net.ipv4.conf.all.rp_filter=0"],
-            check=False, capture_output=True,
-        )  # fmt: skip
+        with contextlib.suppress(NetnsError):
+            write_sysctls(self.namespace, {f"net.ipv4.conf.{self.tun_name}.rp_filter": "0",
+                                           "net.ipv4.conf.all.rp_filter": "0"})  # fmt: skip
         _ip(self.namespace, ["route", "replace", "blackhole", "default", "metric", "4000",
                              "table", str(TABLE)])  # fmt: skip
         _ip(self.namespace, ["route", "replace", "default", "dev", self.tun_name, "metric", "10",

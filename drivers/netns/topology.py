@@ -98,6 +98,8 @@ class BuiltTopology:
     build_s: float = 0.0
     restore: dict[str, list[str]] = field(default_factory=dict)
     """Per namespace, the neighbour entries and routes that a link going down deletes."""
+    macs: dict[tuple[str, str], str] = field(default_factory=dict)
+    """(namespace, ifname) -> the MAC address given to that port."""
 
 
 def _run_ip(args: Sequence[str], batch: Iterable[str] = ()) -> None:
@@ -257,6 +259,7 @@ def build(spec: TopologySpec) -> BuiltTopology:
     for ns, lines in restore.items():
         inner[ns] += lines
     built.restore = restore
+    built.macs = {(port.namespace, port.ifname): mac for port, mac in macs.items()}
     try:
         _run_ip([], root)
         forwarding = {n.namespace for n in spec.nodes if n.forwarding}

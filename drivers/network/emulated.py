@@ -104,12 +104,18 @@ class EmulatedNetwork(Network):
         )
 
     def port_map(self) -> dict[str, Any]:
-        """Namespaces and every link's ports (node, ifname, address/prefix): what an emulated
-        core needs to program a UE's data path (:mod:`drivers.core.paths`)."""
+        """Namespaces and every link's ports (node, ifname, address/prefix, mac): what an
+        emulated core needs to program a UE's data path (:mod:`drivers.core.paths`)."""
         nodes = {node for ports in self._ports.values() for node in (p["node"] for p in ports)}
+        macs = self._built.macs if self._built is not None else {}
+
+        def port(p: dict[str, str]) -> dict[str, str]:
+            mac = macs.get((self.namespace(p["node"]), p["ifname"]))
+            return {**p, "mac": mac} if mac else dict(p)
+
         return {
             "namespaces": {node: self.namespace(node) for node in sorted(nodes)},
-            "links": {link: [dict(p) for p in ports] for link, ports in self._ports.items()},
+            "links": {link: [port(p) for p in ports] for link, ports in self._ports.items()},
         }
 
     def link_namespace(self, link: str) -> str:

@@ -17,7 +17,6 @@ line per procedure with its wall-clock time) is ``run_dir/emulators/<name>.swmi.
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 from drivers.base import Device, DeviceContext
 from drivers.emulators import EMULATOR_DIR, EmulatorProcess, start_emulator, state_path
 from drivers.errors import DriverError
-from drivers.files import write_json_atomic
+from drivers.files import read_json_lines, write_json_atomic
 from drivers.tetra import tables
 
 __all__ = ["EmulatedSwmi", "read_events", "summarise_events"]
@@ -115,19 +114,7 @@ def _optional_code(device: str, values: Mapping[str, Any], key: str, high: int) 
 
 def read_events(path: Path) -> list[dict[str, Any]]:
     """The SwMI's procedure log; a torn last line (the SwMI was killed) is skipped."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return []
-    events = []
-    for line in lines:
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict):
-            events.append(entry)
-    return events
+    return read_json_lines(path)
 
 
 def summarise_events(path: Path) -> dict[str, Any]:
