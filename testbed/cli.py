@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,13 +20,14 @@ from testbed.errors import ConfigError, TestbedError
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INVALID = 0, 1, 2, 3
 VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "ERROR": EXIT_ERROR, "ABORTED": EXIT_ERROR}
 DEFAULT_LAB = Path("profiles/labs/emulated.yaml")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _err(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _load_bound(profile_path: str, lab_path: str) -> Any:
+def load_bound(profile_path: str, lab_path: str) -> Any:
     """Load and validate both files, then plan; problems of all three steps are reported."""
     from testbed.model.loader import load_lab, load_profile
     from testbed.plan import make_plan
@@ -75,7 +77,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
-    plan = _load_bound(args.profile, args.lab)
+    plan = load_bound(args.profile, args.lab)
     if args.json:
         print(json.dumps(plan.model_dump(mode="json"), indent=2))
         return EXIT_PASS
@@ -130,7 +132,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from testbed.runner.run import Runner
     from testbed.settings import Settings
 
-    plan = _load_bound(args.profile, args.lab)
+    plan = load_bound(args.profile, args.lab)
+    if args.run_id is not None and not RUN_ID.match(args.run_id):
+        _err(f"testbed run: --run-id {args.run_id!r}: letters, digits, '_', '-', '.' only")
+        return EXIT_INVALID
     if os.geteuid() != 0 and any(
         d.kind == "network" and d.driver == "emulated" for d in plan.devices
     ):
@@ -149,6 +154,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         wait_s=args.wait if args.wait is not None else 0.0,
         timeout_s=args.timeout,
         listeners=[progress],
+        run_id=args.run_id,
     )
     try:
         outcome = runner.run()
@@ -363,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="abort with ERROR after this long (default: duration x repetitions + 2 min)",
     )
+    p.add_argument("--run-id", help="the run's id (default: time, profile and a random part)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("list", help="list runs")
@@ -408,6 +415,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="also remove tb<hex>- namespaces that no state file claims",
     )
     p.set_defaults(func=cmd_cleanup)
+
+    from testbed.cli_dashboard import register
+
+    register(sub)
     return parser
 
 

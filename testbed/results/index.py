@@ -18,19 +18,24 @@ from typing import Any
 from sqlalchemy import (
     Column,
     Float,
+    Integer,
     MetaData,
     String,
     Table,
     Text,
+    and_,
     create_engine,
     delete,
     event,
+    func,
     insert,
     select,
     update,
 )
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
+from sqlalchemy.schema import Index as SqlIndex
+from sqlalchemy.sql.elements import ColumnElement
 
 from testbed.errors import LeaseError, StoreError
 
@@ -48,6 +53,27 @@ runs = Table(
     Column("ended_at", Float),
     Column("path", Text, nullable=False),
 )
+SqlIndex("runs_profile_lab_started", runs.c.profile, runs.c.lab, runs.c.started_at)
+SqlIndex("runs_verdict_started", runs.c.verdict, runs.c.started_at)
+
+# The KPI values of finished runs, beside their run's profile, lab and start, so trends and
+# the latest values per profile and lab come from one indexed table, not from summary files.
+kpi_values = Table(
+    "kpi_values",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("position", Integer, primary_key=True),
+    Column("profile", String(128), nullable=False),
+    Column("lab", String(128), nullable=False),
+    Column("started_at", Float, nullable=False),
+    Column("name", String(256), nullable=False),
+    Column("unit", String(32)),
+    Column("value", Float),
+    Column("verdict", String(16)),
+    Column("limit_text", String(64)),
+)
+SqlIndex("kpi_cell_name_started", kpi_values.c.profile, kpi_values.c.lab, kpi_values.c.name,
+         kpi_values.c.started_at)  # fmt: skip
 
 leases = Table(
     "device_leases",
@@ -118,13 +144,118 @@ class Index:
             raise StoreError(f"run index: cannot record run {row.get('run_id')}: {exc}") from exc
 
     def list_runs(
-        self, profile: str | None = None, lab: str | None = None, limit: int = 50
+        self,
+        profile: str | None = None,
+        lab: str | None = None,
+        limit: int = 50,
+        *,
+        verdict: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+        offset: int = 0,
     ) -> list[dict[str, Any]]:
-        query = select(runs).order_by(runs.c.started_at.desc()).limit(limit)
-        if profile:
-            query = query.where(runs.c.profile == profile)
-        if lab:
-            query = query.where(runs.c.lab == lab)
+        """Newest first; ``since``/``until`` bound the start time (epoch seconds)."""
+        where = _run_filter(profile, lab, verdict, since, until)
+        query = (
+            select(runs)
+            .where(where)
+            .order_by(runs.c.started_at.desc(), runs.c.run_id.desc())
+            .limit(limit)
+            .offset(offset)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def count_runs(
+        self,
+        profile: str | None = None,
+        lab: str | None = None,
+        verdict: str | None = None,
+        since: float | None = None,
+        until: float | None = None,
+    ) -> int:
+        query = (
+            select(func.count())
+            .select_from(runs)
+            .where(_run_filter(profile, lab, verdict, since, until))
+        )
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    def delete_run(self, run_id: str) -> bool:
+        with self.engine.begin() as conn:
+            conn.execute(delete(kpi_values).where(kpi_values.c.run_id == run_id))
+            return bool(conn.execute(delete(runs).where(runs.c.run_id == run_id)).rowcount)
+
+    def run_statuses(self) -> dict[str, str]:
+        with self.engine.connect() as conn:
+            return {r[0]: r[1] for r in conn.execute(select(runs.c.run_id, runs.c.status))}
+
+    # KPI values ------------------------------------------------------------------------
+
+    def put_kpis(self, run: dict[str, Any], kpis: Sequence[dict[str, Any]]) -> None:
+        """Replace a run's KPI values; ``run`` gives its run_id, profile, lab, started_at."""
+        rows = [
+            {
+                "run_id": run["run_id"],
+                "position": i,
+                "profile": run["profile"],
+                "lab": run["lab"],
+                "started_at": run["started_at"],
+                "name": str(k.get("name")),
+                "unit": k.get("unit"),
+                "value": _number(k.get("value")),
+                "verdict": k.get("verdict"),
+                "limit_text": k.get("limit"),
+            }
+            for i, k in enumerate(kpis)
+        ]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(delete(kpi_values).where(kpi_values.c.run_id == run["run_id"]))
+                if rows:
+                    conn.execute(insert(kpi_values), rows)
+        except SQLAlchemyError as exc:
+            raise StoreError(f"run index: cannot record KPIs of {run['run_id']}: {exc}") from exc
+
+    def kpis_of(self, run_ids: Sequence[str]) -> list[dict[str, Any]]:
+        query = (
+            select(kpi_values)
+            .where(kpi_values.c.run_id.in_(list(run_ids)))
+            .order_by(kpi_values.c.started_at, kpi_values.c.position)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def cells(self) -> list[dict[str, Any]]:
+        """Each profile and lab with its number of runs and its newest start."""
+        query = (
+            select(
+                runs.c.profile,
+                runs.c.lab,
+                func.count().label("runs"),
+                func.max(runs.c.started_at).label("newest"),
+            )
+            .group_by(runs.c.profile, runs.c.lab)
+            .order_by(runs.c.profile, runs.c.lab)
+        )
+        with self.engine.connect() as conn:
+            return [dict(r._mapping) for r in conn.execute(query)]
+
+    def kpi_trend(
+        self, profile: str, lab: str, name: str | None = None, limit: int = 50
+    ) -> list[dict[str, Any]]:
+        """KPI values of the ``limit`` newest finished runs of a profile on a lab, oldest first."""
+        newest = (
+            select(runs.c.run_id)
+            .where(and_(runs.c.profile == profile, runs.c.lab == lab, runs.c.status != "running"))
+            .order_by(runs.c.started_at.desc())
+            .limit(limit)
+        )
+        query = select(kpi_values).where(kpi_values.c.run_id.in_(newest))
+        if name is not None:
+            query = query.where(kpi_values.c.name == name)
+        query = query.order_by(kpi_values.c.started_at, kpi_values.c.position)
         with self.engine.connect() as conn:
             return [dict(r._mapping) for r in conn.execute(query)]
 
@@ -229,6 +360,33 @@ class Index:
     def all_leases(self) -> list[Lease]:
         with self.engine.connect() as conn:
             return [Lease(**r._mapping) for r in conn.execute(select(leases))]
+
+
+def _run_filter(
+    profile: str | None,
+    lab: str | None,
+    verdict: str | None,
+    since: float | None,
+    until: float | None,
+) -> ColumnElement[bool]:
+    clauses: list[ColumnElement[bool]] = [runs.c.run_id.is_not(None)]
+    if profile:
+        clauses.append(runs.c.profile == profile)
+    if lab:
+        clauses.append(runs.c.lab == lab)
+    if verdict:
+        clauses.append(runs.c.verdict == verdict)
+    if since is not None:
+        clauses.append(runs.c.started_at >= since)
+    if until is not None:
+        clauses.append(runs.c.started_at < until)
+    return and_(*clauses)
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if value == value else None  # NaN is no value
 
 
 def _engine_args(url: str) -> dict[str, Any]:

@@ -12,6 +12,8 @@ import os
 import shutil
 import tempfile
 import threading
+import time
+import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,12 @@ from testbed.errors import StoreError
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 EVENTS = "events.jsonl"
+
+
+def new_run_id(profile: str) -> str:
+    """Sortable by start time, readable, unique: ``20261122T101500Z-latency-3f9a1c``."""
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return f"{stamp}-{profile}-{uuid.uuid4().hex[:6]}"
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -16,7 +16,6 @@ import signal
 import threading
 import time
 import traceback
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,9 @@ from testbed.errors import AnalysisError, RunError, TestbedError
 from testbed.plan import Plan, PlannedPoint
 from testbed.registry import driver_class
 from testbed.results.index import Index, holder_name, this_host
-from testbed.results.record import SUMMARY, RunRecord
+from testbed.results.record import SUMMARY, RunRecord, new_run_id
+from testbed.results.report import write_report
+from testbed.results.series import write_series
 from testbed.results.summary import junit_xml, overall_verdict, sweep_table
 from testbed.runner import events as ev
 from testbed.runner.state import RunState, StateFile
@@ -97,11 +98,6 @@ class _RunData:
     """(point, repetition, timeline index of a fault) -> {stream id: its failover result}."""
 
 
-def new_run_id(profile: str) -> str:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return f"{stamp}-{profile}-{uuid.uuid4().hex[:6]}"
-
-
 class Runner:
     def __init__(
         self,
@@ -113,6 +109,7 @@ class Runner:
         wait_s: float = 0.0,
         timeout_s: float | None = None,
         listeners: Sequence[Listener] = (),
+        run_id: str | None = None,
     ) -> None:
         self.plan = plan
         self.settings = settings
@@ -122,7 +119,7 @@ class Runner:
         per_rep = plan.duration_s + START_DELAY_S + 2.0
         self.timeout_s = timeout_s or (per_rep * plan.repetitions + 120.0)
         self.listeners = list(listeners)
-        self.run_id = new_run_id(plan.profile)
+        self.run_id = run_id or new_run_id(plan.profile)
         self.prefix = "tb" + self.run_id[-6:]
         self._t0 = time.monotonic()
         self._record: RunRecord | None = None
@@ -542,7 +539,23 @@ class Runner:
                 notes.append("partial: the run stopped before this stream's end")
             entry["notes"] = notes
             entries.append(entry)
+            self._keep_series(res, point, rep)
         return entries
+
+    def _keep_series(self, res: StreamResult, point: int, rep: int) -> None:
+        """The stream's packets for the dashboard's plots; losing them loses no figure."""
+        if self._record is None:
+            return
+        sweep_point = point if len(self.plan.points) > 1 else None
+        try:
+            write_series(self._record.path, res.id, rep, sweep_point, res.seq, res.tx_ns, res.rx_ns)
+        except (OSError, ValueError) as exc:
+            self._emit(
+                ev.DeviceEvent,
+                device="traffic",
+                name="series.not_kept",
+                fields={"stream": res.id, "repetition": rep, "error": str(exc)},
+            )
 
     def _stream_failover(
         self, results: Sequence[StreamResult], point: int, rep: int, data: _RunData
@@ -670,17 +683,23 @@ class Runner:
         record.write(SUMMARY, summary)
         record.write_text("junit.xml", junit_xml(summary))
         record.update_manifest(status="complete", verdict=verdict, ended_at=ended_at)
+        row = {
+            "run_id": self.run_id,
+            "profile": self.plan.profile,
+            "lab": self.plan.lab,
+            "verdict": verdict,
+            "status": "complete",
+            "started_at": started_at,
+            "ended_at": ended_at,
+            "path": str(record.path.resolve()),
+        }
         with contextlib.suppress(Exception):
-            index.put_run(
-                run_id=self.run_id,
-                profile=self.plan.profile,
-                lab=self.plan.lab,
-                verdict=verdict,
-                status="complete",
-                started_at=started_at,
-                ended_at=ended_at,
-                path=str(record.path.resolve()),
-            )
+            index.put_run(**row)
+            index.put_kpis(row, kpis)
+        try:
+            write_report(record.path)
+        except Exception as exc:  # the record is whole without it; `testbed report` redoes it
+            record.update_manifest(report_error=repr(exc))
         return summary
 
 

@@ -538,7 +538,7 @@ def test_planning_creates_no_namespaces(shipped_profile: Profile, shipped_lab: L
 
 
 def test_cli_locate_gives_file_and_line(tmp_path: Path) -> None:
-    from testbed.cli import _load_bound
+    from testbed.cli import load_bound
 
     text = (
         "name: p\n"
@@ -555,7 +555,7 @@ def test_cli_locate_gives_file_and_line(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text, encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        _load_bound(str(path), str(SHIPPED_LAB))
+        load_bound(str(path), str(SHIPPED_LAB))
     assert info.value.problems == [
         f"{path}:6: streams[1].from: role 'ue' is held by several entries "
         "(ue_a1, ue_a2, ue_b1, ue_b2); use a name",
@@ -566,7 +566,7 @@ def test_cli_locate_gives_file_and_line(tmp_path: Path) -> None:
 
 
 def test_cli_locate_points_lab_problems_at_the_lab_file(tmp_path: Path) -> None:
-    from testbed.cli import _load_bound
+    from testbed.cli import load_bound
 
     lab_text = (
         "name: l\n"
@@ -584,7 +584,7 @@ def test_cli_locate_points_lab_problems_at_the_lab_file(tmp_path: Path) -> None:
     profile_path = tmp_path / "p.yaml"
     profile_path.write_text("name: p\nduration_s: 5\n", encoding="utf-8")
     with pytest.raises(ConfigError) as info:
-        _load_bound(str(profile_path), str(lab_path))
+        load_bound(str(profile_path), str(lab_path))
     assert info.value.problems == [
         f"{lab_path}:9: devices[1].driver: no driver 'acme' for kind 'radio'"
     ]

@@ -1,0 +1,70 @@
+"""The dashboard server: one FastAPI app for the API, the web pages and Prometheus metrics.
+
+``create_app`` builds everything from an :class:`ApiConfig`, so tests, ``testbed serve`` and a
+lab's own ASGI server all get the same app. The app reads run records and the index; it
+starts runs only through :class:`~testbed.api.service.RunService` and never drives devices.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
+
+import testbed
+from testbed.api.auth import Authorizer, load_tokens
+from testbed.api.config import ApiConfig
+from testbed.api.context import ApiContext
+from testbed.api.limits import BodyLimit
+from testbed.api.meta import meta_router
+from testbed.api.metrics import metrics_text
+from testbed.api.pages import pages_router
+from testbed.api.runs import runs_router
+from testbed.api.service import RunService
+from testbed.api.store import RunStore
+from testbed.results.catalog import sync_index
+from testbed.results.index import Index
+
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    # plotly.js needs inline styles; scripts come only from this server
+    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; script-src 'self'",
+}
+
+
+def create_app(config: ApiConfig) -> FastAPI:
+    config.results_dir.mkdir(parents=True, exist_ok=True)
+    index = Index(config.database_url)
+    sync_index(index, config.results_dir)
+    auth = Authorizer(load_tokens(config.tokens_file), read_open=config.read_access == "open")
+    ctx = ApiContext(config, index, RunStore(config.results_dir, index), RunService(config), auth)
+    app = FastAPI(
+        title="EUCCS testbed dashboard API",
+        version=testbed.__version__,
+        description="Runs of the hardware-in-the-loop testbed: results, KPIs, trends, "
+        "comparisons, live progress; starting and aborting runs with a token.",
+    )
+    app.state.ctx = ctx
+    app.include_router(runs_router(ctx))
+    app.include_router(meta_router(ctx))
+    app.include_router(pages_router(ctx))
+
+    @app.get("/metrics", response_class=PlainTextResponse, tags=["monitoring"])
+    def metrics() -> Response:
+        """Prometheus text format: run counts, latest KPI values per profile and lab."""
+        return Response(metrics_text(index), media_type="text/plain; version=0.0.4")
+
+    @app.middleware("http")
+    async def security_headers(request: Request, call_next: Any) -> Response:
+        response: Response = await call_next(request)
+        for key, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(key, value)
+        return response
+
+    app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.router.on_shutdown.append(index.close)
+    return app

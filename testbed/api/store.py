@@ -1,0 +1,91 @@
+"""Reading run records for the API: run folders by id, their files, and the index.
+
+Every path the API serves is resolved here and must stay inside one run's folder: names are
+checked against a strict grammar first, and the resolved file (symbolic links followed) must
+still lie inside the run folder, so neither ``..`` nor a link leads out of it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Mapping
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from fastapi import HTTPException
+
+from testbed.errors import StoreError
+from testbed.results.index import Index
+from testbed.results.record import EVENTS, MANIFEST, SUMMARY, read_json
+from testbed.results.view import run_header
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}$")
+
+
+class RunStore:
+    def __init__(self, results_dir: Path, index: Index) -> None:
+        self.results_dir = results_dir
+        self.index = index
+
+    def run_dir(self, run_id: str) -> Path:
+        """The folder of a known run, or 404."""
+        if not RUN_ID.match(run_id) or ".." in run_id:
+            raise HTTPException(404, f"no run {run_id!r}")
+        path = self.results_dir / run_id
+        if not (path / MANIFEST).is_file():
+            raise HTTPException(404, f"no run {run_id!r}")
+        return path
+
+    def file_in(self, run_id: str, name: str) -> Path:
+        """A regular file inside the run's folder, named by its relative path, or 404."""
+        base = self.run_dir(run_id)
+        parts = PurePosixPath(name).parts
+        if not parts or not all(_PART.match(p) for p in parts):
+            raise HTTPException(404, f"no artifact {name!r}")
+        path = base.joinpath(*parts)
+        try:
+            inside = path.resolve(strict=True).is_relative_to(base.resolve(strict=True))
+        except OSError:
+            inside = False
+        if not inside or not path.is_file():
+            raise HTTPException(404, f"no artifact {name!r} in run {run_id}")
+        return path
+
+    def manifest(self, run_id: str) -> dict[str, Any]:
+        return _json(self.run_dir(run_id) / MANIFEST) or {}
+
+    def summary(self, run_id: str) -> dict[str, Any] | None:
+        """summary.json, or ``None`` while the run has none (running or crashed)."""
+        path = self.run_dir(run_id) / SUMMARY
+        return _json(path) if path.exists() else None
+
+    def header(self, run_id: str) -> dict[str, Any]:
+        path = self.run_dir(run_id)
+        return run_header(
+            run_id,
+            self.manifest(run_id),
+            self.summary(run_id) or {},
+            _json(path / "plan.json") or {},
+        )
+
+    def events_path(self, run_id: str) -> Path:
+        return self.run_dir(run_id) / EVENTS
+
+    def delete(self, run_id: str) -> None:
+        path = self.run_dir(run_id)
+        self.index.delete_run(run_id)
+        shutil.rmtree(path)
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = read_json(path)
+    except StoreError as exc:
+        raise HTTPException(500, str(exc)) from exc
+    return data if isinstance(data, dict) else None
+
+
+def kpis_by_name(summary: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
+    return {str(k.get("name")): k for k in (summary or {}).get("kpis", [])}
