@@ -7,33 +7,22 @@ starts runs only through :class:`~testbed.api.service.RunService` and never driv
 
 from __future__ import annotations
 
-from typing import Any
-
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Response
 from fastapi.responses import PlainTextResponse
 
 import testbed
 from testbed.api.auth import Authorizer, load_tokens
 from testbed.api.config import ApiConfig
 from testbed.api.context import ApiContext
-from testbed.api.limits import BodyLimit
 from testbed.api.meta import meta_router
 from testbed.api.metrics import metrics_text
+from testbed.api.middleware import BodyLimit, SecurityHeaders
 from testbed.api.pages import pages_router
 from testbed.api.runs import runs_router
 from testbed.api.service import RunService
 from testbed.api.store import RunStore
 from testbed.results.catalog import sync_index
 from testbed.results.index import Index
-
-SECURITY_HEADERS = {
-    "X-Content-Type-Options": "nosniff",
-    "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
-    # plotly.js needs inline styles; scripts come only from this server
-    "Content-Security-Policy": "default-src 'self'; style-src 'self' 'unsafe-inline'; "
-    "img-src 'self' data:; script-src 'self'",
-}
 
 
 def create_app(config: ApiConfig) -> FastAPI:
@@ -58,13 +47,7 @@ def create_app(config: ApiConfig) -> FastAPI:
         """Prometheus text format: run counts, latest KPI values per profile and lab."""
         return Response(metrics_text(index), media_type="text/plain; version=0.0.4")
 
-    @app.middleware("http")
-    async def security_headers(request: Request, call_next: Any) -> Response:
-        response: Response = await call_next(request)
-        for key, value in SECURITY_HEADERS.items():
-            response.headers.setdefault(key, value)
-        return response
-
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
+    app.add_middleware(SecurityHeaders)
     app.router.on_shutdown.append(index.close)
     return app

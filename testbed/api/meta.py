@@ -63,6 +63,8 @@ def meta_router(ctx: ApiContext) -> APIRouter:
             finished = [r for r in latest if r["status"] != "running"] or latest
             trend = _trend(index.kpi_trend(cell["profile"], cell["lab"], None, TREND_RUNS))
             row = finished[0] if finished else {}
+            # the KPIs the latest run judged, each with its history
+            trend = [t for t in trend if t.points[-1].run_id == row.get("run_id")]
             cells.append(
                 s.Cell(
                     profile=cell["profile"],

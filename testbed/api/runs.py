@@ -6,7 +6,13 @@ from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, HTTPException, Query, Request, Response
-from fastapi.responses import FileResponse, HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    PlainTextResponse,
+    RedirectResponse,
+    StreamingResponse,
+)
 
 from testbed.api import schemas as s
 from testbed.api.context import ApiContext
@@ -25,7 +31,12 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     )
 }
 WRITE_ERRORS = {**ERRORS, 409: {"model": s.ErrorBody, "description": "not possible in this state"}}
-VERDICTS = ("PASS", "FAIL", "ERROR", "ABORTED", "RUNNING")
+REPORT = "report.html"
+# A report is self-contained: its scripts and styles are inline, and it fetches nothing.
+REPORT_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'unsafe-inline'; "
+    "style-src 'unsafe-inline'; img-src data:"
+}
 
 
 def runs_router(ctx: ApiContext) -> APIRouter:
@@ -122,11 +133,24 @@ def runs_router(ctx: ApiContext) -> APIRouter:
         "/{run_id}/artifacts/{name:path}",
         dependencies=read,
         response_class=FileResponse,
-        responses={200: {"content": {"application/octet-stream": {}}}},
+        responses={200: {"content": {"application/octet-stream": {}, "text/html": {}}}},
     )
-    def get_artifact(run_id: str, name: str) -> FileResponse:
+    def get_artifact(run_id: str, name: str) -> Response:
+        """A file of the record, as a download; the report opens in the browser (its links
+        to captures and logs are relative, so they resolve to these downloads)."""
+        if name == REPORT:
+            return _report(run_id)
         path = store.file_in(run_id, name)
         return FileResponse(path, filename=path.name, media_type=_media_type(path.name))
+
+    def _report(run_id: str) -> Response:
+        path = store.run_dir(run_id) / REPORT
+        if path.is_file():
+            return FileResponse(path, media_type="text/html", headers=REPORT_HEADERS)
+        from testbed.results.report import render_report
+
+        text = render_report(run_view(store.run_dir(run_id)))
+        return HTMLResponse(text, headers=REPORT_HEADERS)
 
     @router.get("/{run_id}/transcripts", dependencies=read)
     def list_transcripts(run_id: str) -> list[s.FileEntry]:
@@ -149,17 +173,14 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/{run_id}/report",
         dependencies=read,
-        response_class=HTMLResponse,
-        responses={200: {"content": {"text/html": {}}}},
+        status_code=307,
+        response_class=RedirectResponse,
+        responses={307: {"description": "to the report among the run's artifacts"}},
     )
-    def get_report(run_id: str) -> Response:
+    def get_report(run_id: str) -> RedirectResponse:
         """The run's self-contained report.html (made now if the record has none)."""
-        path = store.run_dir(run_id) / "report.html"
-        if path.is_file():
-            return FileResponse(path, media_type="text/html")
-        from testbed.results.report import render_report
-
-        return HTMLResponse(render_report(run_view(store.run_dir(run_id))))
+        store.run_dir(run_id)
+        return RedirectResponse(f"/api/v1/runs/{run_id}/artifacts/{REPORT}", status_code=307)
 
     @router.get(
         "/{run_id}/live",

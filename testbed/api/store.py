@@ -18,7 +18,7 @@ from fastapi import HTTPException
 from testbed.errors import StoreError
 from testbed.results.index import Index
 from testbed.results.record import EVENTS, MANIFEST, SUMMARY, read_json
-from testbed.results.view import run_header
+from testbed.results.view import json_safe, run_header
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}$")
@@ -59,7 +59,7 @@ class RunStore:
     def summary(self, run_id: str) -> dict[str, Any] | None:
         """summary.json, or ``None`` while the run has none (running or crashed)."""
         path = self.run_dir(run_id) / SUMMARY
-        return _json(path) if path.exists() else None
+        return json_safe(_json(path)) if path.exists() else None
 
     def header(self, run_id: str) -> dict[str, Any]:
         path = self.run_dir(run_id)

@@ -1,8 +1,9 @@
 """``report.html``: the dashboard's run page as one self-contained file in the run record.
 
 A report must open years later from a mail or an archive, without a server or the network:
-the page's stylesheet, plotly.js and the page's scripts are inlined, and the run view is
-embedded as JSON, which the same run-page script reads instead of asking the API.
+the page's stylesheet, plotly.js and the page's scripts are inlined, the run view is embedded
+as JSON, which the same run-page script reads instead of asking the API, and the dashboard's
+navigation (links into the server) is left out.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ REPORT = "report.html"
 _STYLESHEET = re.compile(r'<link rel="stylesheet" href="/static/(?P<name>[\w.-]+)">')
 _SCRIPT = re.compile(r'<script src="/static/(?P<name>[\w./-]+)"></script>')
 _TITLE = re.compile(r"<title>.*?</title>")
+_SERVER_ONLY = re.compile(r'<nav class="server-only".*?</nav>', re.DOTALL)
 _JSON_ESCAPES = str.maketrans({"<": "\\u003c", ">": "\\u003e", "&": "\\u0026"})
 
 
@@ -37,6 +39,7 @@ def render_report(view: dict[str, Any]) -> str:
     run = view.get("run") or {}
     title = f"{run.get('profile')} on {run.get('lab')}: {run.get('verdict')} ({run.get('run_id')})"
     text = _TITLE.sub(lambda _: f"<title>{html.escape(title)}</title>", page("run.html"), count=1)
+    text = _SERVER_ONLY.sub("", text)
     text = _STYLESHEET.sub(lambda m: f"<style>\n{asset_text(m['name'])}</style>", text)
     first_script = text.index("<script")
     text = text[:first_script] + _view_element(view) + "\n" + text[first_script:]

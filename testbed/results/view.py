@@ -10,6 +10,7 @@ epoch seconds, the clock the captures, receivers and timeline share.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def run_view(run_dir: Path, max_points: int = 2000) -> dict[str, Any]:
     plan = _json_or_empty(run_dir / "plan.json")
     events = list(read_events(run_dir / EVENTS))
     series, histograms = _series(run_dir, max_points)
-    return {
+    view = {
         "run": run_header(run_dir.name, manifest, summary, plan),
         "kpis": summary.get("kpis", []),
         "streams": summary.get("streams", []),
@@ -61,6 +62,20 @@ def run_view(run_dir: Path, max_points: int = 2000) -> dict[str, Any]:
         "errors": summary.get("errors", manifest.get("errors", [])),
         "artifacts": artifacts(run_dir),
     }
+    safe: dict[str, Any] = json_safe(view)
+    return safe
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as ``None``: strict JSON, which browsers and the API's
+    encoder demand, has no such numbers (Python's ``json`` writes and reads them)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
 
 
 def run_header(

@@ -10,16 +10,19 @@ from functools import cache
 from importlib import resources
 
 # Every file the app may serve from this package, with its media type: nothing else is served.
+_HTML = "text/html; charset=utf-8"
+_CSS = "text/css; charset=utf-8"
+_JS = "text/javascript; charset=utf-8"
 ASSETS: dict[str, str] = {
-    "overview.html": "text/html; charset=utf-8",
-    "run.html": "text/html; charset=utf-8",
-    "compare.html": "text/html; charset=utf-8",
-    "dashboard.css": "text/css; charset=utf-8",
-    "dashboard.js": "text/javascript; charset=utf-8",
-    "plots.js": "text/javascript; charset=utf-8",
-    "overview.js": "text/javascript; charset=utf-8",
-    "run.js": "text/javascript; charset=utf-8",
-    "compare.js": "text/javascript; charset=utf-8",
+    "overview.html": _HTML,
+    "run.html": _HTML,
+    "compare.html": _HTML,
+    "dashboard.css": _CSS,
+    "dashboard.js": _JS,
+    "plots.js": _JS,
+    "overview.js": _JS,
+    "run.js": _JS,
+    "compare.js": _JS,
 }
 
 PAGES = ("overview.html", "run.html", "compare.html")

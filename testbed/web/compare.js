@@ -2,15 +2,29 @@
 // Two runs side by side (?a=RUN&b=RUN), or the latest run of a profile on two labs
 // (?profile=&lab_a=&lab_b=) with both labs' KPI trends.
 
+const CHOICES = {
+  "input-a": "a", "input-b": "b", "input-profile": "profile", "input-lab-a": "lab_a",
+  "input-lab-b": "lab_b",
+};
+const STREAM_METRICS = [["loss_pct", "loss %"], ["owd_p50_ms", "p50 ms"],
+  ["owd_p95_ms", "p95 ms"], ["jitter_ms", "jitter ms"], ["max_gap_ms", "max gap ms"]];
+
+function options(values) {
+  return [...new Set(values)].sort().map((v) => el("option", { value: v }, v));
+}
+
+// The choosers: recent runs to pick from, and the profiles and labs that have runs.
 async function fillChoices(params) {
-  const [recent, overview] = await Promise.all([api("/api/v1/runs?limit=100"), api("/api/v1/overview")]);
-  fill("recent-runs", recent.items.map((r) => el("option", { value: r.run_id }, `${r.profile} on ${r.lab}, ${r.verdict || "running"}`)));
-  const options = (values) => [...new Set(values)].sort().map((v) => el("option", { value: v }, v));
+  const [recent, overview] = await Promise.all([
+    api("/api/v1/runs?limit=100"), api("/api/v1/overview")]);
+  fill("recent-runs", recent.items.map((r) => el("option", { value: r.run_id },
+    `${r.profile} on ${r.lab}, ${r.verdict || "running"}`)));
   fill("input-profile", options(overview.cells.map((c) => c.profile)));
   fill("input-lab-a", options(overview.cells.map((c) => c.lab)));
   fill("input-lab-b", options(overview.cells.map((c) => c.lab)));
-  const inputs = { "input-a": "a", "input-b": "b", "input-profile": "profile", "input-lab-a": "lab_a", "input-lab-b": "lab_b" };
-  for (const [id, name] of Object.entries(inputs)) {
+  const labB = document.getElementById("input-lab-b");
+  if (labB.options.length > 1) labB.selectedIndex = 1; // two different labs by default
+  for (const [id, name] of Object.entries(CHOICES)) {
     if (params.get(name)) document.getElementById(id).value = params.get(name);
   }
 }
@@ -20,7 +34,8 @@ function runSummary(label, run) {
     "div",
     { class: "run-card" },
     el("h3", {}, `${label}: `, el("a", { href: runHref(run.run_id) }, run.run_id)),
-    el("p", {}, `${run.profile} on ${run.lab}, ${fmtTime(run.started_at)} `, verdictBadge(run.verdict)),
+    el("p", {}, `${run.profile} on ${run.lab}, ${fmtTime(run.started_at)} `,
+      verdictBadge(run.verdict)),
   );
 }
 
@@ -29,25 +44,23 @@ function side(entry, key) {
 }
 
 function renderKpiComparison(kpis) {
+  if (!kpis.length) return fill("compare-kpis", emptyNote("Neither run judged KPIs."));
+  const headers = ["KPI", "Unit", "Limit", "A value", "A verdict", "B value", "B verdict", "Delta"];
   const rows = kpis.map((k) => [k.name, k.unit || DASH, k.limit || DASH,
     side(k.a, "value"), k.a ? verdictBadge(k.a.verdict) : DASH,
     side(k.b, "value"), k.b ? verdictBadge(k.b.verdict) : DASH, k.delta ?? null]);
-  fill("compare-kpis", rows.length
-    ? dataTable("compare-kpis-table", "KPIs of run A and run B; delta is B minus A",
-      ["KPI", "Unit", "Limit", "A value", "A verdict", "B value", "B verdict", "Delta"], rows)
-    : emptyNote("Neither run judged KPIs."));
+  fill("compare-kpis", dataTable("compare-kpis-table",
+    "KPIs of run A and run B; delta is B minus A", headers, rows));
 }
 
-const STREAM_METRICS = [["loss_pct", "loss %"], ["owd_p50_ms", "p50 ms"], ["owd_p95_ms", "p95 ms"],
-  ["jitter_ms", "jitter ms"], ["max_gap_ms", "max gap ms"]];
-
 function renderStreamComparison(streams) {
-  const headers = ["Stream", "Rep.", ...STREAM_METRICS.flatMap(([, label]) => [`A ${label}`, `B ${label}`])];
+  if (!streams.length) return fill("compare-streams", emptyNote("Neither run had streams."));
+  const headers = ["Stream", "Rep.",
+    ...STREAM_METRICS.flatMap(([, label]) => [`A ${label}`, `B ${label}`])];
   const rows = streams.map((s) => [streamLabel(s), s.repetition ?? null,
     ...STREAM_METRICS.flatMap(([key]) => [side(s.a, key), side(s.b, key)])]);
-  fill("compare-streams", rows.length
-    ? dataTable("compare-streams-table", "Per stream: run A beside run B", headers, rows)
-    : emptyNote("Neither run had traffic streams."));
+  fill("compare-streams", dataTable("compare-streams-table", "Per stream: run A beside run B",
+    headers, rows));
 }
 
 async function compareRuns(a, b) {
@@ -58,7 +71,8 @@ async function compareRuns(a, b) {
   fill("compare-header", runSummary("A", comparison.a), runSummary("B", comparison.b));
   renderKpiComparison(comparison.kpis);
   renderStreamComparison(comparison.streams);
-  const runs = [{ label: "A", histograms: viewA.histograms }, { label: "B", histograms: viewB.histograms }];
+  const runs = [
+    { label: "A", histograms: viewA.histograms }, { label: "B", histograms: viewB.histograms }];
   if (runs.some((r) => r.histograms.length)) return drawCdfs("compare-cdf", runs);
   fill("compare-cdf", emptyNote("Neither run recorded delay samples."));
 }
@@ -71,7 +85,8 @@ async function latestRun(profile, lab) {
 
 // One small plot per KPI, with a line per lab.
 async function drawLabTrends(profile, labs) {
-  const answers = await Promise.all(labs.map((lab) => api(withQuery("/api/v1/trends", { profile, lab }))));
+  const answers = await Promise.all(
+    labs.map((lab) => api(withQuery("/api/v1/trends", { profile, lab }))));
   const byKpi = new Map();
   answers.forEach((answer, index) => {
     for (const series of answer.series) {
@@ -81,15 +96,20 @@ async function drawLabTrends(profile, labs) {
     }
   });
   document.getElementById("compare-trends-section").hidden = false;
-  const targets = [...byKpi.keys()].map((kpi, index) => el("div", { id: `compare-trend-${index}`, class: "plot" }));
-  fill("compare-trends", targets.length ? targets : emptyNote("No KPI values recorded for these labs."));
-  return Promise.all([...byKpi].map(([kpi, lines], index) => drawTrend(targets[index], kpi, lines)));
+  if (!byKpi.size) return fill("compare-trends", emptyNote("No KPI values for these labs."));
+  const plots = [...byKpi].map(([kpi, lines], index) => {
+    const target = el("div", { id: `compare-trend-${index}`, class: "plot" });
+    return { target, draw: () => drawTrend(target, kpi, lines) };
+  });
+  fill("compare-trends", plots.map((p) => p.target));
+  return Promise.all(plots.map((p) => p.draw()));
 }
 
 startPage(async () => {
   const params = new URLSearchParams(location.search);
   await fillChoices(params);
-  const [a, b, profile, labA, labB] = ["a", "b", "profile", "lab_a", "lab_b"].map((n) => params.get(n));
+  const [a, b, profile, labA, labB] = ["a", "b", "profile", "lab_a", "lab_b"]
+    .map((name) => params.get(name));
   if (a && b) return compareRuns(a, b);
   if (profile && labA && labB) {
     const [runA, runB] = await Promise.all([latestRun(profile, labA), latestRun(profile, labB)]);

@@ -64,8 +64,10 @@ const DASH = "\u2013";
 
 function fmtNumber(value) {
   if (value === null || value === undefined || Number.isNaN(value)) return DASH;
-  const options = Math.abs(value) >= 1000 ? { maximumFractionDigits: 0 } : { maximumSignificantDigits: 4 };
-  return value.toLocaleString("en", options);
+  const digits = Math.abs(value) >= 1000
+    ? { maximumFractionDigits: 0 }
+    : { maximumSignificantDigits: 4 };
+  return value.toLocaleString("en", digits);
 }
 
 function fmtTime(epochSeconds) {
@@ -96,8 +98,8 @@ function fmtWithUnit(value, unit) {
 }
 
 function streamLabel(stream) {
-  const point = stream.point === null || stream.point === undefined ? null : `point ${stream.point}`;
-  return [stream.id, point].filter(Boolean).join(" ");
+  const hasPoint = stream.point !== null && stream.point !== undefined;
+  return hasPoint ? `${stream.id} point ${stream.point}` : stream.id;
 }
 
 // Colour and text together, so the verdict does not rely on colour alone.
@@ -119,10 +121,15 @@ function dataTable(id, caption, headers, rows) {
       "tr",
       { class: Array.isArray(row) ? null : row.className },
       el("th", { scope: "row" }, cellContent(first)),
-      rest.map((cell) => el("td", { class: typeof cell === "number" ? "num" : null }, cellContent(cell))),
+      rest.map(dataCell),
     );
   });
-  return el("table", { id }, el("caption", {}, caption), el("thead", {}, head), el("tbody", {}, body));
+  const parts = [el("caption", {}, caption), el("thead", {}, head), el("tbody", {}, body)];
+  return el("table", { id }, parts);
+}
+
+function dataCell(cell) {
+  return el("td", { class: typeof cell === "number" ? "num" : null }, cellContent(cell));
 }
 
 function cellContent(cell) {
@@ -150,13 +157,16 @@ async function startPage(render) {
 
 function showError(message) {
   document.body.dataset.error = message;
-  const box = document.getElementById("error") || el("p", { id: "error", class: "error", role: "alert" });
+  const box = document.getElementById("error")
+    || el("p", { id: "error", class: "error", role: "alert" });
   box.textContent = message;
   document.querySelector("main").prepend(box);
 }
 
 function showTokenForm() {
-  const input = el("input", { id: "token-input", type: "password", autocomplete: "off", required: true });
+  const input = el("input", {
+    id: "token-input", type: "password", autocomplete: "off", required: true,
+  });
   const form = el(
     "form",
     { id: "token-form", class: "filters" },

@@ -1,6 +1,6 @@
 "use strict";
 // The run page, and the self-contained report.html: both draw one run view. The report
-// carries the view in <script id="run-view" type="application/json">; the page fetches it.
+// carries the view as JSON in the script element #run-view; the page fetches it.
 
 const EMBEDDED_VIEW = document.getElementById("run-view");
 const REPORT_MODE = EMBEDDED_VIEW !== null;
@@ -14,37 +14,50 @@ function loadView() {
 // In the report, artifacts are files beside report.html; on the server, API downloads.
 function artifactHref(runId, path) {
   const relative = path.split("/").map(encodeURIComponent).join("/");
-  return REPORT_MODE ? relative : `/api/v1/runs/${encodeURIComponent(runId)}/artifacts/${relative}`;
+  if (REPORT_MODE) return relative;
+  return `/api/v1/runs/${encodeURIComponent(runId)}/artifacts/${relative}`;
+}
+
+function runLinks(runId) {
+  if (REPORT_MODE) return null;
+  const apiRun = `/api/v1/runs/${encodeURIComponent(runId)}`;
+  return el(
+    "p",
+    { class: "links" },
+    el("a", { href: `${apiRun}/report` }, "Report (self-contained HTML)"),
+    el("a", { href: withQuery("/compare", { a: runId }) }, "Compare with another run"),
+    el("a", { href: apiRun }, "Run record (JSON)"),
+  );
 }
 
 function renderHeader(run) {
-  document.title = `${run.profile} on ${run.lab} · ${run.run_id}`;
-  const apiRun = `/api/v1/runs/${encodeURIComponent(run.run_id)}`;
-  const links = REPORT_MODE ? [] : [
-    el("a", { href: `${apiRun}/report` }, "Report (self-contained HTML)"),
-    el("a", { href: withQuery("/compare", { a: run.run_id }) }, "Compare with another run"),
-    el("a", { href: apiRun }, "Run record (JSON)"),
-  ];
+  document.title = `${run.profile} on ${run.lab}: ${run.verdict} (${run.run_id})`;
   const facts = [
     ["Run", run.run_id], ["Status", run.status], ["Started", fmtTime(run.started_at)],
     ["Ended", fmtTime(run.ended_at)], ["Duration", fmtDuration(run.duration_s)],
     ["Planned", fmtDuration(run.planned_duration_s)], ["Repetitions", run.repetitions ?? DASH],
     ["Host", run.host ?? DASH],
   ];
+  const terms = facts.map(([term, value]) =>
+    el("div", {}, el("dt", {}, term), el("dd", {}, value ?? DASH)));
   fill(
     "run-header",
-    el("h1", {}, `${run.profile} `, el("span", { class: "muted" }, "on"), ` ${run.lab} `, verdictBadge(run.verdict)),
-    el("dl", { class: "facts" }, facts.map(([term, value]) => el("div", {}, el("dt", {}, term), el("dd", {}, String(value))))),
-    links.length ? el("p", { class: "links" }, links) : null,
+    el("h1", {}, `${run.profile} `, el("span", { class: "muted" }, "on"), ` ${run.lab} `,
+      verdictBadge(run.verdict)),
+    el("dl", { class: "facts" }, terms),
+    runLinks(run.run_id),
   );
 }
 
+// The KPI's definition, when it has one, is the name's tooltip.
 function kpiName(kpi) {
-  return kpi.definition ? el("span", { class: "has-hint", title: kpi.definition }, kpi.name) : kpi.name;
+  if (!kpi.definition) return kpi.name;
+  return el("span", { class: "has-hint", title: kpi.definition }, kpi.name);
 }
 
 function kpiReference(kpi) {
-  return el("span", {}, kpi.reference || DASH, kpi.note ? el("span", { class: "note" }, ` Note: ${kpi.note}`) : null);
+  const note = kpi.note ? el("span", { class: "note" }, ` Note: ${kpi.note}`) : null;
+  return el("span", {}, kpi.reference || DASH, note);
 }
 
 function renderKpis(kpis) {
@@ -54,40 +67,52 @@ function renderKpis(kpis) {
     cells: [kpiName(k), k.value ?? null, k.unit || DASH, k.limit || DASH, verdictBadge(k.verdict),
       k.samples ?? null, kpiReference(k)],
   }));
+  const headers = ["KPI", "Value", "Unit", "Limit", "Verdict", "Samples", "Reference"];
   fill("kpis", dataTable("kpi-table", "Each KPI's measured value against the profile's limit",
-    ["KPI", "Value", "Unit", "Limit", "Verdict", "Samples", "Reference"], rows));
+    headers, rows));
 }
 
 function renderStreams(streams) {
   if (!streams.length) return fill("streams", emptyNote("No traffic streams in this run."));
-  const rows = streams.map((s) => [streamLabel(s), s.kind, s.repetition ?? null, s.sent, s.received,
-    s.loss_pct, s.owd_ms?.p50 ?? null, s.owd_ms?.p95 ?? null, s.owd_ms?.p99 ?? null, s.owd_ms?.max ?? null,
-    s.jitter_ms ?? null, s.max_gap_ms ?? null, (s.notes || []).join("; ")]);
-  fill("streams", dataTable("streams-table", "Per stream and repetition: loss, one-way delay (ms), jitter and longest gap",
-    ["Stream", "Kind", "Rep.", "Sent", "Received", "Loss %", "p50", "p95", "p99", "Max", "Jitter ms", "Max gap ms", "Notes"],
-    rows));
+  const headers = ["Stream", "Kind", "Rep.", "Sent", "Received", "Loss %", "p50", "p95", "p99",
+    "Max", "Jitter ms", "Max gap ms", "Notes"];
+  const rows = streams.map((s) => {
+    const owd = s.owd_ms || {};
+    return [streamLabel(s), s.kind, s.repetition ?? null, s.sent, s.received, s.loss_pct,
+      owd.p50 ?? null, owd.p95 ?? null, owd.p99 ?? null, owd.max ?? null, s.jitter_ms ?? null,
+      s.max_gap_ms ?? null, (s.notes || []).join("; ")];
+  });
+  fill("streams", dataTable("streams-table",
+    "Per stream and repetition: loss, one-way delay (ms), jitter and longest gap", headers, rows));
 }
 
 function renderInterruptions(interruptions, t0) {
-  if (!interruptions.length) return fill("interruptions", emptyNote("No interruptions were detected."));
+  if (!interruptions.length) {
+    return fill("interruptions", emptyNote("No interruptions were detected."));
+  }
   const since = (wall) => (wall === null || wall === undefined ? null : wall - t0);
   const rows = interruptions.map((i) => [i.subject, i.kind, i.event, i.repetition ?? null,
     since(i.start), since(i.end), i.duration_ms ?? null]);
-  fill("interruptions", dataTable("interruptions-table", "Interruption windows (seconds since run start)",
-    ["Subject", "Kind", "Event", "Rep.", "Start s", "End s", "Duration ms"], rows));
+  const headers = ["Subject", "Kind", "Event", "Rep.", "Start s", "End s", "Duration ms"];
+  fill("interruptions", dataTable("interruptions-table",
+    "Interruption windows (seconds since run start)", headers, rows));
 }
 
 function renderErrors(errors) {
-  fill("errors", errors.length ? el("ul", { id: "errors-list", class: "errors" }, errors.map((e) => el("li", {}, e)))
-    : emptyNote("No errors."));
+  if (!errors.length) return fill("errors", emptyNote("No errors."));
+  const items = errors.map((error) => el("li", {}, error));
+  fill("errors", el("ul", { id: "errors-list", class: "errors" }, items));
 }
 
 function renderArtifacts(runId, artifacts) {
   if (!artifacts.length) return fill("artifacts", emptyNote("No artifacts."));
-  const rows = artifacts.map((a) => [el("a", { href: artifactHref(runId, a.path) }, a.path), a.kind, fmtBytes(a.bytes)]);
-  fill("artifacts", dataTable("artifacts-table", "Files of the run record", ["File", "Kind", "Size"], rows));
+  const rows = artifacts.map((a) => [
+    el("a", { href: artifactHref(runId, a.path) }, a.path), a.kind, fmtBytes(a.bytes)]);
+  fill("artifacts", dataTable("artifacts-table", "Files of the run record",
+    ["File", "Kind", "Size"], rows));
 }
 
+// Resolves when every plot of the view is drawn; the floor timeline only for MCPTT runs.
 function drawPlots(view) {
   const plots = [];
   if (view.series.length) plots.push(drawOwd("owd-plot", view));
@@ -103,7 +128,6 @@ function drawPlots(view) {
 
 startPage(async () => {
   const view = await loadView();
-  document.body.classList.toggle("report", REPORT_MODE);
   renderHeader(view.run);
   renderKpis(view.kpis);
   renderInterruptions(view.interruptions, view.run.started_at);

@@ -1,8 +1,8 @@
 """The read API over a results folder of real runs, through httpx (FastAPI's TestClient).
 
 Figures the API serves are checked against the run record's own files and against the delay
-the lab applied: the series' median must be the summary's p50, and both near the 20 ms (first
-run) or 45 ms (second run) the impairment added to the radio link.
+the lab applied: the series' median must be the summary's p50, and both near the delay the
+run's profile applied to the radio link.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from fastapi.testclient import TestClient
 
 from testbed.api import ApiConfig, create_app
@@ -99,12 +100,20 @@ def test_events_are_the_event_log_paged_and_filtered(
     assert sum(e["fault"] for e in faults["items"]) == 2
 
 
-@pytest.mark.parametrize(("which", "delay_ms"), [("first", 20.0), ("second", 45.0)])
+def _applied_delay_ms(real_runs: RealRuns, run_id: str) -> float:
+    """The radio link's delay as the run's profile configured it (the ground truth)."""
+    profile = yaml.safe_load((real_runs.run_dir(run_id) / "profile.yaml").read_text())
+    (radio,) = profile["impairments"]
+    return float(radio["delay_ms"])
+
+
+@pytest.mark.parametrize("which", ["first", "second"])
 def test_series_match_the_summary_and_the_applied_delay(
-    client: TestClient, real_runs: RealRuns, which: str, delay_ms: float
+    client: TestClient, real_runs: RealRuns, which: str
 ) -> None:
     run_id = getattr(real_runs, which)
     summary = real_runs.summary(run_id)
+    delay_ms = _applied_delay_ms(real_runs, run_id)
     for stream in summary["streams"]:
         rows = read_series(
             real_runs.run_dir(run_id) / "series" / f"{stream['id']}-rep{stream['repetition']}.npy"
@@ -153,7 +162,7 @@ def test_view_has_what_the_run_page_draws(client: TestClient, real_runs: RealRun
 def test_artifacts_download_byte_for_byte(client: TestClient, real_runs: RealRuns) -> None:
     listed = client.get(f"/api/v1/runs/{real_runs.first}/artifacts").json()
     paths = {a["path"]: a for a in listed}
-    for name in ("captures/ue_a1_radio.pcapng", "junit.xml", "report.html", "summary.json"):
+    for name in ("captures/ue_a1_radio.pcapng", "junit.xml", "summary.json"):
         assert name in paths
         got = client.get(f"/api/v1/runs/{real_runs.first}/artifacts/{name}")
         assert got.status_code == 200
@@ -173,8 +182,13 @@ def test_transcripts_are_the_device_logs(client: TestClient, real_runs: RealRuns
 
 
 def test_report_is_the_records_report(client: TestClient, real_runs: RealRuns) -> None:
-    got = client.get(f"/api/v1/runs/{real_runs.first}/report")
+    moved = client.get(f"/api/v1/runs/{real_runs.first}/report", follow_redirects=False)
+    assert moved.status_code == 307
+    assert moved.headers["location"] == f"/api/v1/runs/{real_runs.first}/artifacts/report.html"
+    got = client.get(moved.headers["location"])
     assert got.headers["content-type"].startswith("text/html")
+    assert "attachment" not in got.headers.get("content-disposition", "")
+    assert "script-src 'unsafe-inline'" in got.headers["content-security-policy"]
     assert got.content == (real_runs.run_dir(real_runs.first) / "report.html").read_bytes()
 
 
@@ -184,7 +198,10 @@ def test_compare_two_runs_kpi_by_kpi(client: TestClient, real_runs: RealRuns) ->
     up = kpis["Uplink p95 one-way delay"]
     assert (up["a"]["verdict"], up["b"]["verdict"]) == ("PASS", "FAIL")
     assert up["delta"] == pytest.approx(up["b"]["value"] - up["a"]["value"])
-    assert up["delta"] == pytest.approx(25.0, abs=5.0)  # 45 ms against 20 ms on the radio link
+    applied = _applied_delay_ms(real_runs, real_runs.second) - _applied_delay_ms(
+        real_runs, real_runs.first
+    )
+    assert up["delta"] == pytest.approx(applied, abs=3.0)
     assert kpis["KPI 1 MCPTT access time"]["b"] is None
     rep2 = [s for s in body["streams"] if s["repetition"] == 2]
     assert rep2 and all(s["b"] is None and s["a"] is not None for s in rep2)
