@@ -7,8 +7,10 @@ starts runs only through :class:`~testbed.api.service.RunService` and never driv
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 import testbed
 from testbed.api.auth import Authorizer, load_tokens
@@ -23,6 +25,7 @@ from testbed.api.service import RunService
 from testbed.api.store import RunStore
 from testbed.results.catalog import sync_index
 from testbed.results.index import Index
+from testbed.results.view import json_safe
 
 
 def create_app(config: ApiConfig) -> FastAPI:
@@ -42,7 +45,20 @@ def create_app(config: ApiConfig) -> FastAPI:
     app.include_router(meta_router(ctx))
     app.include_router(pages_router(ctx))
 
-    @app.get("/metrics", response_class=PlainTextResponse, tags=["monitoring"])
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """FastAPI's 422, with the echoed input made strict JSON: a body may hold NaN or
+        1e400, which Python's json reads and strict JSON cannot write back."""
+        return JSONResponse(
+            status_code=422, content={"detail": json_safe(jsonable_encoder(exc.errors()))}
+        )
+
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        tags=["monitoring"],
+        dependencies=[Depends(auth.require("read"))],
+    )
     def metrics() -> Response:
         """Prometheus text format: run counts, latest KPI values per profile and lab."""
         return Response(metrics_text(index), media_type="text/plain; version=0.0.4")

@@ -23,7 +23,8 @@ def pages_router(ctx: ApiContext) -> APIRouter:
 
     @router.get("/runs/{run_id}", response_class=HTMLResponse)
     def run_page(run_id: Annotated[str, Path(max_length=128)]) -> HTMLResponse:
-        ctx.store.run_dir(run_id)  # 404 for an unknown run
+        if ctx.auth.read_open:  # with token reads, a page must not tell which runs exist
+            ctx.store.run_dir(run_id)
         return HTMLResponse(web.page("run.html"))
 
     @router.get("/compare", response_class=HTMLResponse)

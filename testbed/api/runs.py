@@ -132,8 +132,7 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/{run_id}/artifacts/{name:path}",
         dependencies=read,
-        response_class=FileResponse,
-        responses={200: {"content": {"application/octet-stream": {}, "text/html": {}}}},
+        responses={200: {"content": {media: {} for media in MEDIA_TYPES.values()}}},
     )
     def get_artifact(run_id: str, name: str) -> Response:
         """A file of the record, as a download; the report opens in the browser (its links
@@ -161,8 +160,7 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     @router.get(
         "/{run_id}/transcripts/{name:path}",
         dependencies=read,
-        response_class=PlainTextResponse,
-        responses={200: {"content": {"text/plain": {}}}},
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
     )
     def get_transcript(run_id: str, name: str) -> PlainTextResponse:
         if not name.endswith(".log"):
@@ -244,17 +242,19 @@ def _time(text: str | None, name: str) -> float | None:
         raise HTTPException(400, f"{name}: give epoch seconds or ISO-8601 time") from None
 
 
+MEDIA_TYPES = {
+    ".pcapng": "application/vnd.tcpdump.pcap",
+    ".pcap": "application/vnd.tcpdump.pcap",
+    ".html": "text/html",
+    ".xml": "application/xml",
+    ".json": "application/json",
+    ".jsonl": "application/x-ndjson",
+    ".log": "text/plain",
+    ".yaml": "text/plain",
+    "": "application/octet-stream",
+}
+
+
 def _media_type(name: str) -> str:
-    for suffix, media in (
-        (".pcapng", "application/vnd.tcpdump.pcap"),
-        (".pcap", "application/vnd.tcpdump.pcap"),
-        (".html", "text/html"),
-        (".xml", "application/xml"),
-        (".json", "application/json"),
-        (".jsonl", "application/x-ndjson"),
-        (".log", "text/plain"),
-        (".yaml", "text/plain"),
-    ):
-        if name.endswith(suffix):
-            return media
-    return "application/octet-stream"
+    suffix = name[name.rfind(".") :] if "." in name else ""
+    return MEDIA_TYPES.get(suffix, MEDIA_TYPES[""])
