@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -88,8 +88,11 @@ class Authorizer:
                 return token.rights
         return frozenset()
 
-    def require(self, right: Right) -> Callable[[Request], None]:
-        def check(request: Request) -> None:
+    def require(self, right: Right) -> Callable[[Request], Awaitable[None]]:
+        """A dependency; a coroutine, as it does no I/O (FastAPI would run a plain function
+        in its thread pool, a hop per request)."""
+
+        async def check(request: Request) -> None:
             if right == "read" and self.read_open:
                 return
             if right != "read" and not self.tokens:

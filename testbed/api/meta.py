@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
+from starlette.concurrency import run_in_threadpool
 
 from testbed.api import schemas as s
 from testbed.api.context import ApiContext
@@ -24,9 +25,9 @@ def meta_router(ctx: ApiContext) -> APIRouter:
     store, index = ctx.store, ctx.index
 
     @router.get("/health")
-    def health() -> s.Health:
+    async def health() -> s.Health:
         """Liveness, open to all: the server answers and reads its index."""
-        return s.Health(status="ok", runs=index.count_runs())
+        return s.Health(status="ok", runs=await run_in_threadpool(index.count_runs))
 
     @router.get("/compare", dependencies=read)
     def compare(

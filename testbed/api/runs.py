@@ -13,6 +13,7 @@ from fastapi.responses import (
     RedirectResponse,
     StreamingResponse,
 )
+from starlette.concurrency import run_in_threadpool
 
 from testbed.api import schemas as s
 from testbed.api.context import ApiContext
@@ -45,7 +46,7 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     store, index = ctx.store, ctx.index
 
     @router.get("", dependencies=read)
-    def list_runs(
+    async def list_runs(
         profile: Annotated[str | None, Query(max_length=128)] = None,
         lab: Annotated[str | None, Query(max_length=128)] = None,
         verdict: Annotated[str | None, Query(pattern="^(PASS|FAIL|ERROR|ABORTED|RUNNING)$")] = None,
@@ -56,10 +57,15 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     ) -> s.RunPage:
         """Runs, newest first, filtered by profile, lab, verdict and start time."""
         start, end = _time(since, "since"), _time(until, "until")
-        rows = index.list_runs(
-            profile, lab, limit, verdict=verdict, since=start, until=end, offset=offset
-        )
-        total = index.count_runs(profile, lab, verdict, start, end)
+
+        def query() -> tuple[list[dict[str, Any]], int]:
+            rows = index.list_runs(
+                profile, lab, limit, verdict=verdict, since=start, until=end, offset=offset
+            )
+            return rows, index.count_runs(profile, lab, verdict, start, end)
+
+        # one hop to a worker thread for both queries (the index may be a remote database)
+        rows, total = await run_in_threadpool(query)
         items = [s.RunRow.model_validate(r) for r in rows]
         return s.RunPage(items=items, total=total, limit=limit, offset=offset)
 

@@ -62,13 +62,9 @@ class RunStore:
         return json_safe(_json(path)) if path.exists() else None
 
     def header(self, run_id: str) -> dict[str, Any]:
-        path = self.run_dir(run_id)
-        return run_header(
-            run_id,
-            self.manifest(run_id),
-            self.summary(run_id) or {},
-            _json(path / "plan.json") or {},
-        )
+        plan = self.run_dir(run_id) / "plan.json"  # a crashed or imported run may lack it
+        planned = _json(plan) if plan.is_file() else None
+        return run_header(run_id, self.manifest(run_id), self.summary(run_id) or {}, planned or {})
 
     def events_path(self, run_id: str) -> Path:
         return self.run_dir(run_id) / EVENTS

@@ -181,3 +181,20 @@ def test_tokens_are_stored_as_digests_with_their_rights(tmp_path: Path) -> None:
     path.write_text("tokens: [{sha256: abc, rights: [read]}]")
     with pytest.raises(ConfigError, match="64 hex"):
         load_tokens(path)
+
+
+def test_a_record_without_plan_or_summary_is_served(tmp_path: Path) -> None:
+    """Crashed and imported records may lack files; the API shows what there is."""
+    from fastapi.testclient import TestClient
+
+    from testbed.api import ApiConfig, create_app
+
+    results = tmp_path / "results"
+    _record(results, "crashed", status="crashed")
+    config = ApiConfig(results_dir=results, database_url=f"sqlite:///{tmp_path}/i.sqlite3")
+    client = TestClient(create_app(config))
+    detail = client.get("/api/v1/runs/crashed").json()
+    assert detail["summary"] is None and detail["run"]["status"] == "crashed"
+    assert detail["run"]["repetitions"] is None
+    view = client.get("/api/v1/runs/crashed/view").json()
+    assert view["kpis"] == [] and view["series"] == [] and view["floor"] is None
