@@ -57,6 +57,7 @@ bench: env system-deps
 	$(PY) bench/priority.py
 	$(PY) bench/traffic.py
 	$(PY) bench/analysis.py
+	$(PY) bench/api.py
 
 clean-env:
 	rm -rf $(VENV)

@@ -7,12 +7,11 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query
-from starlette.concurrency import run_in_threadpool
 
 from testbed.api import schemas as s
 from testbed.api.context import ApiContext
 from testbed.api.runs import ERRORS
-from testbed.api.store import kpis_by_name
+from testbed.api.store import kpis_by_name, query_index
 from testbed.errors import ConfigError
 
 TREND_RUNS = 20
@@ -27,7 +26,7 @@ def meta_router(ctx: ApiContext) -> APIRouter:
     @router.get("/health")
     async def health() -> s.Health:
         """Liveness, open to all: the server answers and reads its index."""
-        return s.Health(status="ok", runs=await run_in_threadpool(index.count_runs))
+        return s.Health(status="ok", runs=await query_index(index, index.count_runs))
 
     @router.get("/compare", dependencies=read)
     def compare(

@@ -13,11 +13,12 @@ from fastapi.responses import (
     RedirectResponse,
     StreamingResponse,
 )
-from starlette.concurrency import run_in_threadpool
 
 from testbed.api import schemas as s
+from testbed.api.cache import VersionedCache
 from testbed.api.context import ApiContext
 from testbed.api.live import event_stream
+from testbed.api.store import query_index
 from testbed.results.record import EVENTS
 from testbed.results.series import downsample, owd_ms, read_series, series_files
 from testbed.results.view import artifacts, read_events, run_view
@@ -45,7 +46,9 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter(prefix="/api/v1/runs", tags=["runs"], responses=ERRORS)
     store, index = ctx.store, ctx.index
 
-    @router.get("", dependencies=read)
+    pages = VersionedCache()
+
+    @router.get("", dependencies=read, response_model=s.RunPage)
     async def list_runs(
         profile: Annotated[str | None, Query(max_length=128)] = None,
         lab: Annotated[str | None, Query(max_length=128)] = None,
@@ -54,20 +57,30 @@ def runs_router(ctx: ApiContext) -> APIRouter:
         until: Annotated[str | None, Query(max_length=40, description="epoch s or ISO")] = None,
         limit: Annotated[int, Query(ge=1, le=500)] = 50,
         offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
-    ) -> s.RunPage:
+    ) -> Response:
         """Runs, newest first, filtered by profile, lab, verdict and start time."""
         start, end = _time(since, "since"), _time(until, "until")
+        key = (profile, lab, verdict, start, end, limit, offset)
 
-        def query() -> tuple[list[dict[str, Any]], int]:
-            rows = index.list_runs(
-                profile, lab, limit, verdict=verdict, since=start, until=end, offset=offset
-            )
-            return rows, index.count_runs(profile, lab, verdict, start, end)
+        def query() -> bytes:
+            version = index.version()
+            body = pages.get(key, version)
+            if body is None:
+                rows = index.list_runs(
+                    profile, lab, limit, verdict=verdict, since=start, until=end, offset=offset
+                )
+                total = index.count_runs(profile, lab, verdict, start, end)
+                page = s.RunPage(
+                    items=[s.RunRow.model_validate(r) for r in rows],
+                    total=total,
+                    limit=limit,
+                    offset=offset,
+                )
+                body = page.model_dump_json().encode()
+                pages.put(key, version, body)
+            return body
 
-        # one hop to a worker thread for both queries (the index may be a remote database)
-        rows, total = await run_in_threadpool(query)
-        items = [s.RunRow.model_validate(r) for r in rows]
-        return s.RunPage(items=items, total=total, limit=limit, offset=offset)
+        return Response(await query_index(index, query), media_type="application/json")
 
     @router.post(
         "",

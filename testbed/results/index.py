@@ -8,6 +8,7 @@ themselves once they expire, and ``testbed cleanup`` frees them at once.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import sqlite3
 import time
@@ -32,7 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.schema import Index as SqlIndex
 from sqlalchemy.sql.elements import ColumnElement
@@ -45,16 +46,24 @@ runs = Table(
     "runs",
     metadata,
     Column("run_id", String(64), primary_key=True),
-    Column("profile", String(128), nullable=False, index=True),
-    Column("lab", String(128), nullable=False, index=True),
-    Column("verdict", String(16), nullable=False, index=True),
+    Column("profile", String(128), nullable=False),
+    Column("lab", String(128), nullable=False),
+    Column("verdict", String(16), nullable=False),
     Column("status", String(16), nullable=False),
-    Column("started_at", Float, nullable=False, index=True),
+    Column("started_at", Float, nullable=False),
     Column("ended_at", Float),
     Column("path", Text, nullable=False),
 )
-SqlIndex("runs_profile_lab_started", runs.c.profile, runs.c.lab, runs.c.started_at)
-SqlIndex("runs_verdict_started", runs.c.verdict, runs.c.started_at)
+# Each filter of the run list followed by its whole order (newest first, then run id), so any
+# page, the last of 10 000 too, is a walk along one index without sorting.
+for _name, *_filters in (
+    ("runs_newest",),
+    ("runs_newest_by_profile", runs.c.profile),
+    ("runs_newest_by_lab", runs.c.lab),
+    ("runs_newest_by_verdict", runs.c.verdict),
+    ("runs_newest_by_profile_lab", runs.c.profile, runs.c.lab),
+):
+    SqlIndex(_name, *_filters, runs.c.started_at, runs.c.run_id)
 
 # The KPI values of finished runs, beside their run's profile, lab and start, so trends and
 # the latest values per profile and lab come from one indexed table, not from summary files.
@@ -72,8 +81,13 @@ kpi_values = Table(
     Column("verdict", String(16)),
     Column("limit_text", String(64)),
 )
-SqlIndex("kpi_cell_name_started", kpi_values.c.profile, kpi_values.c.lab, kpi_values.c.name,
-         kpi_values.c.started_at)  # fmt: skip
+SqlIndex(
+    "kpi_cell_name_started",
+    kpi_values.c.profile,
+    kpi_values.c.lab,
+    kpi_values.c.name,
+    kpi_values.c.started_at,
+)
 
 leases = Table(
     "device_leases",
@@ -84,6 +98,18 @@ leases = Table(
     Column("acquired_at", Float, nullable=False),
     Column("expires_at", Float, nullable=False),
 )
+
+
+# A counter that every write of runs or KPI values increments in its own transaction, so a
+# reader (the dashboard's caches) learns with one tiny query whether anything changed, whichever
+# controller or server wrote it.
+index_meta = Table(
+    "index_meta",
+    metadata,
+    Column("key", String(32), primary_key=True),
+    Column("value", Integer, nullable=False),
+)
+VERSION_KEY = "runs_version"
 
 
 @dataclass(frozen=True)
@@ -116,6 +142,10 @@ class Index:
             for attempt in range(50):
                 try:
                     metadata.create_all(self.engine)
+                    for table in metadata.sorted_tables:  # indexes added since the table was
+                        for table_index in table.indexes:
+                            table_index.create(self.engine, checkfirst=True)
+                    self._start_version()
                     break
                 except OperationalError as exc:
                     # Another controller created a table between our check and our CREATE,
@@ -126,6 +156,26 @@ class Index:
                     time.sleep(0.02)
         except SQLAlchemyError as exc:
             raise StoreError(f"run index {url}: {exc}") from exc
+
+    def _start_version(self) -> None:
+        with self.engine.connect() as conn:
+            found = conn.execute(select(index_meta.c.value).where(index_meta.c.key == VERSION_KEY))
+            if found.first() is not None:
+                return
+        # another controller may insert it first: then ours fails, in its own transaction
+        with contextlib.suppress(IntegrityError), self.engine.begin() as conn:
+            conn.execute(insert(index_meta).values(key=VERSION_KEY, value=0))
+
+    def version(self) -> int:
+        """Changes whenever a run or its KPI values are written or deleted, by anyone."""
+        query = select(index_meta.c.value).where(index_meta.c.key == VERSION_KEY)
+        with self.engine.connect() as conn:
+            return int(conn.execute(query).scalar_one())
+
+    @property
+    def local(self) -> bool:
+        """An SQLite file on this host: queries are quick and need no network round trip."""
+        return self.url.startswith("sqlite")
 
     def close(self) -> None:
         self.engine.dispose()
@@ -140,6 +190,7 @@ class Index:
                     conn.execute(insert(runs).values(**row))
                 else:
                     conn.execute(update(runs).where(runs.c.run_id == row["run_id"]).values(**row))
+                _changed(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"run index: cannot record run {row.get('run_id')}: {exc}") from exc
 
@@ -185,7 +236,9 @@ class Index:
     def delete_run(self, run_id: str) -> bool:
         with self.engine.begin() as conn:
             conn.execute(delete(kpi_values).where(kpi_values.c.run_id == run_id))
-            return bool(conn.execute(delete(runs).where(runs.c.run_id == run_id)).rowcount)
+            deleted = bool(conn.execute(delete(runs).where(runs.c.run_id == run_id)).rowcount)
+            _changed(conn)
+            return deleted
 
     def run_statuses(self) -> dict[str, str]:
         with self.engine.connect() as conn:
@@ -215,6 +268,7 @@ class Index:
                 conn.execute(delete(kpi_values).where(kpi_values.c.run_id == run["run_id"]))
                 if rows:
                     conn.execute(insert(kpi_values), rows)
+                _changed(conn)
         except SQLAlchemyError as exc:
             raise StoreError(f"run index: cannot record KPIs of {run['run_id']}: {exc}") from exc
 
@@ -360,6 +414,14 @@ class Index:
     def all_leases(self) -> list[Lease]:
         with self.engine.connect() as conn:
             return [Lease(**r._mapping) for r in conn.execute(select(leases))]
+
+
+def _changed(conn: Connection) -> None:
+    conn.execute(
+        update(index_meta)
+        .where(index_meta.c.key == VERSION_KEY)
+        .values(value=index_meta.c.value + 1)
+    )
 
 
 def _run_filter(

@@ -198,3 +198,25 @@ def test_a_record_without_plan_or_summary_is_served(tmp_path: Path) -> None:
     assert detail["run"]["repetitions"] is None
     view = client.get("/api/v1/runs/crashed/view").json()
     assert view["kpis"] == [] and view["series"] == [] and view["floor"] is None
+
+
+def test_run_list_answers_follow_every_write_to_the_index(tmp_path: Path) -> None:
+    """The list's answers are reused while the index is unchanged; a write by another
+    controller (another Index on the same database) shows in the next answer."""
+    from fastapi.testclient import TestClient
+
+    from testbed.api import ApiConfig, create_app
+
+    url = f"sqlite:///{tmp_path}/i.sqlite3"
+    client = TestClient(create_app(ApiConfig(results_dir=tmp_path / "r", database_url=url)))
+    assert client.get("/api/v1/runs").json()["total"] == 0
+    controller = Index(url)
+    row = _run(controller, "r1", 100.0, "RUNNING", status="running")
+    assert [r["verdict"] for r in client.get("/api/v1/runs").json()["items"]] == ["RUNNING"]
+    controller.put_run(**(row | {"verdict": "PASS", "status": "complete"}))
+    assert [r["verdict"] for r in client.get("/api/v1/runs").json()["items"]] == ["PASS"]
+    version = controller.version()
+    controller.put_kpis(row, [{"name": "owd", "value": 1.0}])
+    assert controller.version() == version + 1
+    controller.delete_run("r1")
+    assert client.get("/api/v1/runs").json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
