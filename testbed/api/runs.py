@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -15,7 +17,7 @@ from fastapi.responses import (
 )
 
 from testbed.api import schemas as s
-from testbed.api.cache import VersionedCache
+from testbed.api.cache import VersionedCache, json_bytes
 from testbed.api.context import ApiContext
 from testbed.api.live import event_stream
 from testbed.api.store import query_index
@@ -47,6 +49,15 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     store, index = ctx.store, ctx.index
 
     pages = VersionedCache()
+    answers = VersionedCache(size=64)
+
+    def _cached(key: tuple[Any, ...], run_id: str, make: Callable[[], object]) -> Response:
+        stamp = store.stamp(run_id)
+        body = answers.get(key, stamp)
+        if body is None:
+            body = json_bytes(make())
+            answers.put(key, stamp, body)
+        return Response(body, media_type="application/json")
 
     @router.get("", dependencies=read, response_model=s.RunPage)
     async def list_runs(
@@ -92,16 +103,25 @@ def runs_router(ctx: ApiContext) -> APIRouter:
         """Start a profile of the profiles folder on a lab of the labs folder."""
         return s.Accepted(run_id=ctx.service.start(body.profile, body.lab), status="running")
 
-    @router.get("/{run_id}", dependencies=read)
-    def get_run(run_id: str) -> s.RunDetail:
-        return s.RunDetail(run=store.header(run_id), summary=store.summary(run_id))
+    @router.get("/{run_id}", dependencies=read, response_model=s.RunDetail)
+    def get_run(run_id: str) -> Response:
+        # passed through as read (and checked in the tests), not re-validated: a summary can
+        # hold tens of thousands of values
+        def make() -> object:
+            return {"run": store.header(run_id), "summary": store.summary(run_id)}
 
-    @router.get("/{run_id}/view", dependencies=read)
+        return _cached(("run", run_id), run_id, make)
+
+    @router.get("/{run_id}/view", dependencies=read, response_model=dict[str, Any])
     def get_view(
         run_id: str, max_points: Annotated[int, Query(ge=50, le=20_000)] = 2000
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Everything the run page draws (the run view of docs/dashboard.md)."""
-        return run_view(store.run_dir(run_id), max_points)
+        return _cached(
+            ("view", run_id, max_points),
+            run_id,
+            lambda: run_view(store.run_dir(run_id), max_points),
+        )
 
     @router.get("/{run_id}/kpis", dependencies=read)
     def get_kpis(run_id: str) -> list[dict[str, Any]]:
@@ -252,9 +272,13 @@ def _time(text: str | None, name: str) -> float | None:
     if text is None or text == "":
         return None
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         pass
+    else:
+        if not math.isfinite(value):
+            raise HTTPException(400, f"{name}: give epoch seconds or ISO-8601 time")
+        return value
     try:
         return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
     except ValueError:

@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from testbed.errors import StoreError
 from testbed.results.index import Index
 from testbed.results.record import EVENTS, MANIFEST, SUMMARY, read_json
+from testbed.results.series import SERIES_DIR
 from testbed.results.view import json_safe, run_header
 
 T = TypeVar("T")
@@ -67,6 +68,20 @@ class RunStore:
         plan = self.run_dir(run_id) / "plan.json"  # a crashed or imported run may lack it
         planned = _json(plan) if plan.is_file() else None
         return run_header(run_id, self.manifest(run_id), self.summary(run_id) or {}, planned or {})
+
+    def stamp(self, run_id: str) -> tuple[tuple[int, int], ...]:
+        """Sizes and modification times of what a run's answers are made from: a running
+        run's change as it goes, a finished run's never."""
+        path = self.run_dir(run_id)
+        stamps = []
+        for name in (MANIFEST, SUMMARY, EVENTS, "plan.json", SERIES_DIR):
+            try:
+                st = (path / name).stat()
+            except OSError:
+                stamps.append((0, -1))
+            else:
+                stamps.append((st.st_mtime_ns, st.st_size))
+        return tuple(stamps)
 
     def events_path(self, run_id: str) -> Path:
         return self.run_dir(run_id) / EVENTS

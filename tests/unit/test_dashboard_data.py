@@ -220,3 +220,22 @@ def test_run_list_answers_follow_every_write_to_the_index(tmp_path: Path) -> Non
     assert controller.version() == version + 1
     controller.delete_run("r1")
     assert client.get("/api/v1/runs").json() == {"items": [], "total": 0, "limit": 50, "offset": 0}
+
+
+def test_a_runs_answers_follow_its_record(tmp_path: Path) -> None:
+    """A run's answers are reused while its record is unchanged; a running run's summary
+    shows as soon as it is written."""
+    from fastapi.testclient import TestClient
+
+    from testbed.api import ApiConfig, create_app
+
+    results = tmp_path / "results"
+    _record(results, "live", status="running")
+    config = ApiConfig(results_dir=results, database_url=f"sqlite:///{tmp_path}/i.sqlite3")
+    client = TestClient(create_app(config))
+    assert client.get("/api/v1/runs/live").json()["summary"] is None
+    assert client.get("/api/v1/runs/live/view").json()["kpis"] == []
+    kpis = [{"name": "owd", "value": 20.0, "verdict": "PASS"}]
+    (results / "live" / "summary.json").write_text(json.dumps({"verdict": "PASS", "kpis": kpis}))
+    assert client.get("/api/v1/runs/live").json()["summary"]["kpis"] == kpis
+    assert client.get("/api/v1/runs/live/view").json()["kpis"] == kpis
