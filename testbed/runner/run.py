@@ -10,8 +10,10 @@ teardown itself is never cut short.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import platform
+import re
 import signal
 import threading
 import time
@@ -120,7 +122,7 @@ class Runner:
         self.timeout_s = timeout_s or (per_rep * plan.repetitions + 120.0)
         self.listeners = list(listeners)
         self.run_id = run_id or new_run_id(plan.profile)
-        self.prefix = "tb" + self.run_id[-6:]
+        self.prefix = "tb" + _name_suffix(self.run_id)
         self._t0 = time.monotonic()
         self._record: RunRecord | None = None
         self._opened: list[_Opened] = []
@@ -739,6 +741,16 @@ def _mcptt_block(results: Sequence[CaptureResult], errors: list[str]) -> dict[st
     except AnalysisError as exc:
         errors.append(f"MCPTT analysis of the captures failed: {exc}")
         return None
+
+
+def _name_suffix(run_id: str) -> str:
+    """Six hex digits for the run's namespace and interface names (``tb<hex>-``, which
+    ``testbed cleanup --orphans`` recognises): a generated id's own random part, else (an id
+    given with --run-id) a digest of it."""
+    suffix = run_id[-6:]
+    if re.fullmatch(r"[0-9a-f]{6}", suffix):
+        return suffix
+    return hashlib.sha256(run_id.encode()).hexdigest()[:6]
 
 
 def _iso(ts: float) -> str:

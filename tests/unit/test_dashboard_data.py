@@ -239,3 +239,13 @@ def test_a_runs_answers_follow_its_record(tmp_path: Path) -> None:
     (results / "live" / "summary.json").write_text(json.dumps({"verdict": "PASS", "kpis": kpis}))
     assert client.get("/api/v1/runs/live").json()["summary"]["kpis"] == kpis
     assert client.get("/api/v1/runs/live/view").json()["kpis"] == kpis
+
+
+def test_chosen_run_ids_still_give_short_hex_namespace_names() -> None:
+    """The API names its runs; `testbed cleanup --orphans` knows namespaces by tb<hex>-."""
+    from testbed.runner.run import _name_suffix
+
+    assert _name_suffix("20261122T030757Z-dash_short-02a916") == "02a916"
+    for chosen in ("quick-1", "nightly.run-ABCDEF", "x"):
+        suffix = _name_suffix(chosen)
+        assert len(suffix) == 6 and int(suffix, 16) >= 0
