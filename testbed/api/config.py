@@ -24,6 +24,7 @@ MAX_BODY_BYTES = 64 * 1024
 class ApiConfig:
     results_dir: Path
     database_url: str
+    state_dir: Path = Path("/run/testbed")
     profiles_dir: Path = Path("profiles")
     labs_dir: Path = Path("profiles/labs")
     read_access: ReadAccess = "open"
@@ -51,6 +52,7 @@ class ApiConfig:
         return cls(
             results_dir=settings.results_dir,
             database_url=settings.database_url,
+            state_dir=settings.state_dir,
             profiles_dir=profiles,
             labs_dir=Path(labs),
             read_access=read,  # type: ignore[arg-type]

@@ -252,7 +252,9 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     )
     def abort(run_id: str) -> s.Accepted:
         """Interrupt a running run (SIGINT, as Ctrl-C): it stops, tears down, ends ABORTED."""
-        ctx.service.abort(run_id, store.manifest(run_id))
+        if store.manifest(run_id).get("status") != "running":
+            raise HTTPException(409, f"run {run_id} is not running")
+        ctx.service.abort(run_id)
         return s.Accepted(run_id=run_id, status="aborting")
 
     @router.delete(

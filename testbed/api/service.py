@@ -18,14 +18,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from fastapi import HTTPException
 
 from testbed.api.config import ApiConfig
 from testbed.errors import ConfigError
-from testbed.results.index import this_host
 from testbed.results.record import MANIFEST, new_run_id
+from testbed.runner.state import RunState, read_states
 
 NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 START_TIMEOUT_S = 20.0
@@ -105,20 +104,20 @@ class RunService:
             )
         return _Child(run_id, proc, console)
 
-    def abort(self, run_id: str, manifest: dict[str, Any]) -> None:
-        """SIGINT, as Ctrl-C would: the controller stops measuring and tears down."""
+    def abort(self, run_id: str) -> None:
+        """SIGINT, as Ctrl-C would: the controller stops measuring and tears down. A run
+        started elsewhere on this host is found by its state file, whose pid and start time
+        tell a live controller from a recycled pid (as ``testbed cleanup`` does)."""
         with self._lock:
             self._reap()
             child = self._children.get(run_id)
         if child is not None:
             child.proc.send_signal(signal.SIGINT)
             return
-        pid = manifest.get("controller_pid")
-        if manifest.get("status") != "running" or not isinstance(pid, int):
-            raise HTTPException(409, f"run {run_id} is not running")
-        if manifest.get("host") != this_host() or not _is_controller(pid):
+        state = _state_of(self.config.state_dir, run_id)
+        if state is None or not state.controller_alive():
             raise HTTPException(409, f"run {run_id} is not running on this host")
-        os.kill(pid, signal.SIGINT)
+        os.kill(state.pid, signal.SIGINT)
 
     def running(self) -> list[str]:
         with self._lock:
@@ -159,13 +158,11 @@ def _check_plan(profile: Path, lab: Path) -> None:
         ) from exc
 
 
-def _is_controller(pid: int) -> bool:
-    """The pid is a live ``testbed`` controller (not a recycled pid)."""
-    try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(b"testbed" in part for part in cmdline) and b"run" in cmdline
+def _state_of(state_dir: Path, run_id: str) -> RunState | None:
+    for _, state in read_states(state_dir):
+        if state is not None and state.run_id == run_id:
+            return state
+    return None
 
 
 def _tail(path: Path, size: int = 2000) -> str:

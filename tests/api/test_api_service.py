@@ -7,6 +7,7 @@ emulated lab and follow it over server-sent events, so what they see is what a d
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -17,7 +18,7 @@ from fastapi.testclient import TestClient
 
 from testbed.api import ApiConfig, create_app
 from testbed.api.auth import new_token
-from tests.integration.helpers import assert_clean
+from tests.integration.helpers import assert_clean, start_run, wait_for_event
 from tests.real_runs import RealRuns
 
 pytestmark = [pytest.mark.netns, pytest.mark.slow]
@@ -46,6 +47,7 @@ def server(
     config = ApiConfig(
         results_dir=results,
         database_url=f"sqlite:///{results}/index.sqlite3",
+        state_dir=tmp_path / "state",
         profiles_dir=profiles,
         labs_dir=profiles / "labs",
         tokens_file=tokens,
@@ -126,6 +128,28 @@ def test_an_aborted_run_tears_down_and_ends_aborted(
     _wait_until_no_run_is_going(client)
     again = client.post(f"/api/v1/runs/{run_id}/abort", headers=run_token)
     assert again.status_code == 409
+
+
+def test_a_run_started_from_the_command_line_is_aborted_through_its_state_file(
+    server: tuple[TestClient, dict[str, str], Path], tmp_path: Path
+) -> None:
+    client, run_token, results = server
+    env = {
+        **os.environ,
+        "TESTBED_RESULTS_DIR": str(results),
+        "TESTBED_DATABASE_URL": f"sqlite:///{results}/index.sqlite3",
+    }
+    cli = start_run(tmp_path / "profiles" / "dash_long.yaml", env, "--run-id", "cli-long")
+    try:
+        wait_for_event(env, '"phase": "measure"')
+        aborted = client.post("/api/v1/runs/cli-long/abort", headers=run_token)
+        assert aborted.status_code == 202, aborted.text
+        assert cli.wait(timeout=60) == 2  # ABORTED
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+            cli.wait()
+    assert client.get("/api/v1/runs/cli-long").json()["summary"]["verdict"] == "ABORTED"
 
 
 def _wait_until_no_run_is_going(client: TestClient, timeout_s: float = 30.0) -> None:
