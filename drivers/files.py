@@ -43,7 +43,7 @@ def read_json_lines(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """An emulator's procedure log, one JSON object per line; a torn last line (the process
     was killed while writing) and anything that is not an object are skipped."""
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
     except OSError:
         return []
     entries = []

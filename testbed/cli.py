@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,6 @@ from testbed.errors import ConfigError, TestbedError
 EXIT_PASS, EXIT_FAIL, EXIT_ERROR, EXIT_INVALID = 0, 1, 2, 3
 VERDICT_EXIT = {"PASS": EXIT_PASS, "FAIL": EXIT_FAIL, "ERROR": EXIT_ERROR, "ABORTED": EXIT_ERROR}
 DEFAULT_LAB = Path("profiles/labs/emulated.yaml")
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def _err(text: str) -> None:
@@ -133,6 +131,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from testbed.settings import Settings
 
     plan = load_bound(args.profile, args.lab)
+    from testbed.results.record import RUN_ID
+
     if args.run_id is not None and not RUN_ID.match(args.run_id):
         _err(f"testbed run: --run-id {args.run_id!r}: letters, digits, '_', '-', '.' only")
         return EXIT_INVALID

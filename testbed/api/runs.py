@@ -16,6 +16,7 @@ from fastapi.responses import (
     StreamingResponse,
 )
 
+from drivers.files import read_json_lines
 from testbed.api import schemas as s
 from testbed.api.cache import VersionedCache, json_bytes
 from testbed.api.context import ApiContext
@@ -23,7 +24,7 @@ from testbed.api.live import event_stream
 from testbed.api.store import query_index
 from testbed.results.record import EVENTS
 from testbed.results.series import downsample, owd_ms, read_series, series_files
-from testbed.results.view import artifacts, read_events, run_view
+from testbed.results.view import artifacts, run_view
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": s.ErrorBody, "description": text}
@@ -140,7 +141,7 @@ def runs_router(ctx: ApiContext) -> APIRouter:
     ) -> s.EventPage:
         """The run's event log (events.jsonl), oldest first."""
         events = [
-            e for e in read_events(store.events_path(run_id)) if type in (None, e.get("type"))
+            e for e in read_json_lines(store.events_path(run_id)) if type in (None, e.get("type"))
         ]
         return s.EventPage(
             items=events[offset : offset + limit], total=len(events), offset=offset, limit=limit

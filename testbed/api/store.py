@@ -18,12 +18,11 @@ from starlette.concurrency import run_in_threadpool
 
 from testbed.errors import StoreError
 from testbed.results.index import Index
-from testbed.results.record import EVENTS, MANIFEST, SUMMARY, read_json
+from testbed.results.record import EVENTS, MANIFEST, RUN_ID, SUMMARY, read_json
 from testbed.results.series import SERIES_DIR
 from testbed.results.view import json_safe, run_header
 
 T = TypeVar("T")
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 _PART = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,254}$")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -23,6 +24,10 @@ from testbed.errors import StoreError
 MANIFEST = "manifest.json"
 SUMMARY = "summary.json"
 EVENTS = "events.jsonl"
+
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+"""What a run id may be (generated ones and those given with --run-id): a plain folder name."""
 
 
 def new_run_id(profile: str) -> str:

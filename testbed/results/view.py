@@ -9,14 +9,14 @@ epoch seconds, the clock the captures, receivers and timeline share.
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from drivers.files import read_json_lines
 from testbed.analysis.failover import gap_threshold_ms
 from testbed.errors import StoreError
 from testbed.results.record import EVENTS, MANIFEST, SUMMARY, read_json
@@ -47,7 +47,7 @@ def run_view(run_dir: Path, max_points: int = 2000) -> dict[str, Any]:
     manifest = _json_or_empty(run_dir / MANIFEST)
     summary = _json_or_empty(run_dir / SUMMARY)
     plan = _json_or_empty(run_dir / "plan.json")
-    events = list(read_events(run_dir / EVENTS))
+    events = read_json_lines(run_dir / EVENTS)
     series, histograms = _series(run_dir, max_points)
     view = {
         "run": run_header(run_dir.name, manifest, summary, plan),
@@ -116,21 +116,6 @@ def _json_or_empty(path: Path) -> dict[str, Any]:
     except StoreError:
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def read_events(path: Path) -> Iterator[dict[str, Any]]:
-    """The event log's whole lines (a line being written is skipped, not an error)."""
-    try:
-        text = path.read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return
-    for line in text.splitlines():
-        try:
-            event = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(event, dict):
-            yield event
 
 
 def _series(run_dir: Path, max_points: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
